@@ -1,0 +1,44 @@
+# Two commands matter: `make run` (install and start the server on its embedded default) and
+# `make test` (install the test dependencies and run the whole suite).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test lint openapi bench-targeting clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(BIN)/fleetlift migrate
+	exec $(BIN)/fleetlift serve --no-migrate
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy --strict src/fleetlift/deployments/rules.py src/fleetlift/devices/rules.py \
+		src/fleetlift/targeting/rules.py src/fleetlift/auth/rules.py
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+openapi: $(VENV)/.installed-test
+	$(BIN)/python -m fleetlift.openapi > openapi.yaml
+
+bench-targeting: $(VENV)/.installed-test
+	$(BIN)/python bench/targeting.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,186 @@
+"""The composition root: ``create_app(settings)`` picks every backend and wires every slice."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CollectorRegistry
+
+from fleetlift import __version__
+from fleetlift.api import health, problems
+from fleetlift.api.deps import AuditIntent
+from fleetlift.api.middleware import RequestGuard, RequestMetrics
+from fleetlift.audit import routes as audit_routes
+from fleetlift.audit import service as audit_service
+from fleetlift.auth import IssuerConfig, LocalIssuer, TokenVerifier
+from fleetlift.config import Settings
+from fleetlift.context import Caller
+from fleetlift.db import make_engine, make_session_factory
+from fleetlift.deployments import routes as deployment_routes
+from fleetlift.devices import routes as device_routes
+from fleetlift.logs import configure as configure_logging
+from fleetlift.releases import routes as release_routes
+from fleetlift.tenants import service as tenants
+
+API_PREFIX = "/api/v1"
+API_VERSION = "1.0.0"
+
+_DESCRIPTION = """\
+The management API of fleetlift: releases, devices, deployments, update triggers and the audit log.
+
+Every operation takes an OAuth2/OIDC bearer token (Entra ID compatible, or the embedded issuer's:
+`fleetlift token create --role admin --subject you`). Roles come from the `roles` claim: **admin**,
+**developer** (publishes releases, drafts deployments), **operator** (admits devices, starts,
+pauses and cancels rollouts, triggers updates), **viewer** (reads). Each operation names the
+permission and roles it needs in its description and in `x-fleetlift-roles`.
+
+Errors are `application/problem+json` (RFC 9457). Lists are cursor-paginated (`limit`, `cursor`,
+`next_cursor`). Resources carry an `ETag`; `PUT` and `DELETE` honor `If-Match`.
+"""
+
+
+def build_verifier(settings: Settings) -> TokenVerifier:
+    """Trust the embedded issuer (unless disabled) and every configured OIDC issuer."""
+    issuers = [
+        IssuerConfig(
+            issuer=oidc.issuer,
+            audience=oidc.audience,
+            jwks_uri=oidc.jwks_uri,
+            roles_claim=oidc.roles_claim,
+            role_map=dict(oidc.role_map),
+            tenant_claim=oidc.tenant_claim,
+        )
+        for oidc in settings.oidc_issuers
+    ]
+    local = local_issuer(settings) if settings.local_issuer_enabled else None
+    return TokenVerifier(issuers, local_issuer=local, jwks_cache_seconds=settings.jwks_cache_seconds)
+
+
+def local_issuer(settings: Settings) -> LocalIssuer:
+    """The embedded issuer, its key under the data directory."""
+    settings.ensure_data_dir()
+    return LocalIssuer(
+        settings.local_issuer_key_path,
+        issuer=settings.local_issuer,
+        audience=settings.audience,
+        max_ttl=timedelta(seconds=settings.token_max_ttl_seconds),
+    )
+
+
+def _audit_refusal_recorder(app: FastAPI, settings: Settings) -> Any:
+    def record(request: Request, status: int, reason: str) -> None:
+        intent: AuditIntent | None = getattr(request.state, "audit_intent", None)
+        if intent is None:
+            return
+        caller: Caller | None = getattr(request.state, "caller", None)
+        if caller is None:
+            caller = Caller.of(
+                subject="anonymous",
+                roles=frozenset(),
+                tenant_id=settings.default_tenant,
+                request_id=request.state.request_id,
+            )
+        resource_id = request.path_params.get(intent.resource_param) if intent.resource_param else None
+        audit_service.record_refusal(
+            app.state.sessions,
+            caller=caller,
+            action=intent.action,
+            resource_type=intent.resource_type,
+            resource_id=resource_id,
+            status_code=status,
+            reason=reason,
+        )
+
+    return record
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The document, cleaned of FastAPI's 422 answers: validation errors are 400 problems here."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    document = get_openapi(
+        title=app.title,
+        version=app.version,
+        openapi_version="3.1.0",
+        description=app.description,
+        routes=app.routes,
+        tags=[
+            {"name": "releases", "description": "What can be installed, and where it fits."},
+            {"name": "devices", "description": "The fleet: registration, tags, inventory."},
+            {"name": "deployments", "description": "A release on a target, with per-device state."},
+            {"name": "updates", "description": "Update one device or a batch now."},
+            {"name": "audit", "description": "Who changed what, and how it ended."},
+            {"name": "health", "description": "Liveness, readiness, metrics."},
+        ],
+        servers=[{"url": "/", "description": "This server"}],
+    )
+    for path_item in document.get("paths", {}).values():
+        for operation in path_item.values():
+            operation.get("responses", {}).pop("422", None)
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                if "application/problem+json" in content:
+                    content.pop("application/json", None)
+    schemas = document.get("components", {}).get("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    app.openapi_schema = document
+    return document
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the server application for ``settings`` (the embedded default when omitted)."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_session_factory(engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tenants.ensure_default(sessions, tenant_id=settings.default_tenant)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="fleetlift management API",
+        version=API_VERSION,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = sessions
+    app.state.verifier = build_verifier(settings)
+    app.state.metrics_registry = CollectorRegistry()
+    app.state.audit_refusal = _audit_refusal_recorder(app, settings)
+
+    problems.install(app)
+    for router in (
+        release_routes.router,
+        device_routes.router,
+        deployment_routes.triggers,
+        deployment_routes.router,
+        audit_routes.router,
+    ):
+        app.include_router(router, prefix=API_PREFIX)
+    app.include_router(health.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.max_request_bytes,
+        metrics=RequestMetrics(app.state.metrics_registry),
+        json_prefix=API_PREFIX,
+    )
+    return app
+
+
+__all__ = ["API_PREFIX", "__version__", "create_app"]

@@ -1,0 +1,85 @@
+"""Settings, validated once and passed into ``create_app``; nothing reads the environment at import time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OidcIssuerSettings(BaseModel):
+    """One external OpenID Connect issuer whose bearer tokens the management API accepts."""
+
+    issuer: str
+    audience: str | list[str]
+    jwks_uri: str | None = None
+    roles_claim: str = "roles"
+    role_map: dict[str, str] = Field(default_factory=dict)
+    tenant_claim: str | None = None
+
+
+class Settings(BaseSettings):
+    """Every knob of the server; ``FLEETLIFT_<NAME>`` in the environment sets it."""
+
+    model_config = SettingsConfigDict(env_prefix="FLEETLIFT_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "INFO"
+
+    local_issuer_enabled: bool = True
+    local_issuer: str = "fleetlift-local"
+    audience: str = "fleetlift"
+    token_max_ttl_seconds: int = 24 * 3600
+    oidc_issuers: list[OidcIssuerSettings] = Field(default_factory=list)
+    jwks_cache_seconds: int = 3600
+
+    default_tenant: str = "default"
+    max_request_bytes: int = 1024 * 1024
+    page_size_default: int = 50
+    page_size_max: int = 1000
+    batch_max_devices: int = 10_000
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not (value.startswith("sqlite") or value.startswith("postgresql")):
+            raise ValueError("FLEETLIFT_DATABASE_URL must be a sqlite:// or postgresql+psycopg:// URL")
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            # psycopg 3 is the driver we ship; spare users from knowing SQLAlchemy's driver suffix.
+            value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to the embedded SQLite file under the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'fleetlift.db').resolve()}"
+
+    @property
+    def local_issuer_key_path(self) -> Path:
+        """Where the embedded issuer keeps its signing key."""
+        return self.data_dir / "keys" / "local-issuer.pem"
+
+    def ensure_data_dir(self) -> None:
+        """Create the data directory tree the embedded default writes into."""
+        (self.data_dir / "keys").mkdir(parents=True, exist_ok=True)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to print: the database password is masked."""
+        values = self.model_dump(mode="json")
+        url = self.resolved_database_url
+        if "@" in url and "://" in url:
+            scheme, rest = url.split("://", 1)
+            credentials, host = rest.rsplit("@", 1)
+            user = credentials.split(":", 1)[0]
+            url = f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+        values["database_url"] = url
+        return values

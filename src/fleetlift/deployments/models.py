@@ -1,0 +1,73 @@
+"""The deployment table and the per-device state of each deployment."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from fleetlift.db import Base, JsonDocument, UtcDateTime
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "release_id"], ["releases.tenant_id", "releases.id"], name="fk_deployments_release"
+        ),
+        Index("ix_deployments_tenant_release", "tenant_id", "release_id"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.id"), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    release_id: Mapped[str] = mapped_column(String(64))
+    target_device_ids: Mapped[list[str]] = mapped_column(JsonDocument)
+    target_condition: Mapped[str | None] = mapped_column(Text, nullable=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    labels: Mapped[dict[str, str]] = mapped_column(JsonDocument)
+    # The operator's intent (draft, active, paused, cancelled); the status users see is derived
+    # from it together with the per-device states.
+    phase: Mapped[str] = mapped_column(String(20))
+    start_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Deleted deployments are kept (hidden) so the per-device history they own is never lost.
+    deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    row_version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012
+
+
+class DeploymentDevice(Base):
+    __tablename__ = "deployment_devices"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "deployment_id"],
+            ["deployments.tenant_id", "deployments.id"],
+            name="fk_deployment_devices_deployment",
+        ),
+        Index("ix_deployment_devices_device", "tenant_id", "device_id"),
+        Index("ix_deployment_devices_state", "tenant_id", "deployment_id", "state"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    state: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, server_default=func.now())
+
+
+__all__ = ["Deployment", "DeploymentDevice"]

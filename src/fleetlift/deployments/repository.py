@@ -1,0 +1,296 @@
+"""All SQL of deployments and their per-device states; fleet-sized work is set-based."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    case,
+    exists,
+    func,
+    insert,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from fleetlift.deployments.models import Deployment, DeploymentDevice
+from fleetlift.deployments.rules import (
+    FAILURES,
+    PHASES_FOR_STATUS,
+    TERMINAL,
+    DeploymentStatus,
+    DeviceUpdateState,
+)
+from fleetlift.devices.models import Device
+from fleetlift.devices.rules import DeviceStatus
+from fleetlift.pagination import PageRequest
+from fleetlift.releases.models import Release
+from fleetlift.sqljson import in_list
+
+_TERMINAL = [state.value for state in TERMINAL]
+_FAILURES = [state.value for state in FAILURES]
+
+
+@dataclass(frozen=True)
+class DeploymentFilter:
+    status: DeploymentStatus | None = None
+    release_id: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Eligibility:
+    """Which devices a release may be assigned to, as SQL over the device table."""
+
+    release: Release
+    explicit_ids: Sequence[str]
+    condition: ColumnElement[bool] | None
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def get(session: Session, *, tenant_id: str, deployment_id: str) -> Deployment | None:
+    """A deployment that has not been deleted."""
+    deployment = session.get(Deployment, (tenant_id, deployment_id))
+    if deployment is None or deployment.deleted_at is not None:
+        return None
+    return deployment
+
+
+def add(session: Session, deployment: Deployment) -> None:
+    session.add(deployment)
+
+
+def _targets(session: Session, tenant_id: str, eligibility: Eligibility) -> ColumnElement[bool]:
+    """Devices of the tenant matched by the explicit IDs or the condition."""
+    parts: list[ColumnElement[bool]] = []
+    if eligibility.explicit_ids:
+        parts.append(in_list(Device.id, eligibility.explicit_ids, _dialect(session)))
+    if eligibility.condition is not None:
+        parts.append(eligibility.condition)
+    return and_(Device.tenant_id == tenant_id, or_(*parts) if parts else literal(False))
+
+
+def _compatible(session: Session, release: Release) -> ColumnElement[bool]:
+    """SQL twin of ``releases.rules.incompatibility`` returning None."""
+    dialect = _dialect(session)
+    clauses: list[ColumnElement[bool]] = [Device.status == DeviceStatus.ACCEPTED.value]
+    if release.device_types:
+        clauses.append(in_list(Device.device_type, release.device_types, dialect))
+    if release.architectures:
+        clauses.append(in_list(Device.architecture, release.architectures, dialect))
+    return and_(*clauses)
+
+
+def _not_on_release(release: Release) -> ColumnElement[bool]:
+    return or_(Device.release_id.is_(None), Device.release_id != release.id)
+
+
+def assign_devices(
+    session: Session,
+    *,
+    deployment: Deployment,
+    eligibility: Eligibility,
+    skip_already_installed: bool,
+    now: datetime,
+) -> int:
+    """Add every eligible, not yet assigned device to the deployment in one INSERT ... SELECT.
+
+    Devices already on the release are either left out (update triggers) or recorded straight as
+    ``already_installed`` (deployments, so their reports show the whole target)."""
+    release = eligibility.release
+    where = and_(_targets(session, deployment.tenant_id, eligibility), _compatible(session, release))
+    if skip_already_installed:
+        where = and_(where, _not_on_release(release))
+        state: ColumnElement[str] = literal(DeviceUpdateState.PENDING.value)
+    else:
+        state = case(
+            (Device.release_id == release.id, literal(DeviceUpdateState.ALREADY_INSTALLED.value)),
+            else_=literal(DeviceUpdateState.PENDING.value),
+        )
+    already_assigned = exists().where(
+        DeploymentDevice.tenant_id == deployment.tenant_id,
+        DeploymentDevice.deployment_id == deployment.id,
+        DeploymentDevice.device_id == Device.id,
+    )
+    source = select(
+        literal(deployment.tenant_id),
+        literal(deployment.id),
+        Device.id,
+        state,
+        literal(0),
+        literal(now, type_=DeploymentDevice.__table__.c.updated_at.type),
+    ).where(where, not_(already_assigned))
+    result = session.execute(
+        insert(DeploymentDevice).from_select(
+            ["tenant_id", "deployment_id", "device_id", "state", "attempts", "updated_at"], source
+        ),
+        execution_options={"preserve_rowcount": True},
+    )
+    return result.rowcount or 0
+
+
+def count_eligible(session: Session, *, tenant_id: str, eligibility: Eligibility) -> int:
+    """How many targeted devices an update trigger would accept."""
+    query = (
+        select(func.count())
+        .select_from(Device)
+        .where(
+            _targets(session, tenant_id, eligibility),
+            _compatible(session, eligibility.release),
+            _not_on_release(eligibility.release),
+        )
+    )
+    return session.scalar(query) or 0
+
+
+def ineligible_devices(
+    session: Session, *, tenant_id: str, eligibility: Eligibility, limit: int
+) -> Sequence[Device]:
+    """Targeted devices an update trigger would refuse, so each can be told why."""
+    query = (
+        select(Device)
+        .where(
+            _targets(session, tenant_id, eligibility),
+            not_(and_(_compatible(session, eligibility.release), _not_on_release(eligibility.release))),
+        )
+        .order_by(Device.id)
+        .limit(limit)
+    )
+    return session.scalars(query).all()
+
+
+def counts_by_state(
+    session: Session, *, tenant_id: str, deployment_ids: Sequence[str]
+) -> dict[str, dict[DeviceUpdateState, int]]:
+    """Per-device state counts of several deployments in one grouped query."""
+    counts: dict[str, dict[DeviceUpdateState, int]] = defaultdict(dict)
+    if not deployment_ids:
+        return counts
+    rows = session.execute(
+        select(DeploymentDevice.deployment_id, DeploymentDevice.state, func.count())
+        .where(
+            DeploymentDevice.tenant_id == tenant_id,
+            in_list(DeploymentDevice.deployment_id, deployment_ids, _dialect(session)),
+        )
+        .group_by(DeploymentDevice.deployment_id, DeploymentDevice.state)
+    )
+    for deployment_id, state, count in rows:
+        counts[deployment_id][DeviceUpdateState(state)] = count
+    return counts
+
+
+def _status_clause(status: DeploymentStatus, now: datetime) -> ColumnElement[bool]:
+    """SQL twin of ``rules.deployment_status``: deployments that currently show ``status``."""
+    devices = and_(
+        DeploymentDevice.tenant_id == Deployment.tenant_id,
+        DeploymentDevice.deployment_id == Deployment.id,
+    )
+    has_devices = exists().where(devices)
+    has_open = exists().where(devices, DeploymentDevice.state.not_in(_TERMINAL))
+    has_failure = exists().where(devices, DeploymentDevice.state.in_(_FAILURES))
+    finished = and_(has_devices, not_(has_open))
+    phases = Deployment.phase.in_([phase.value for phase in PHASES_FOR_STATUS[status]])
+    started = or_(Deployment.start_at.is_(None), Deployment.start_at <= now)
+    extra: dict[DeploymentStatus, ColumnElement[bool]] = {
+        DeploymentStatus.DRAFT: true(),
+        DeploymentStatus.CANCELLED: true(),
+        DeploymentStatus.COMPLETED: and_(finished, not_(has_failure)),
+        DeploymentStatus.FAILED: and_(finished, has_failure),
+        DeploymentStatus.PAUSED: not_(finished),
+        DeploymentStatus.SCHEDULED: and_(not_(finished), not_(started)),
+        DeploymentStatus.ACTIVE: and_(not_(finished), started),
+    }
+    return and_(phases, extra[status])
+
+
+def list_deployments(
+    session: Session, *, tenant_id: str, filters: DeploymentFilter, page: PageRequest, now: datetime
+) -> Sequence[Deployment]:
+    """Deployments newest first, one row more than the page."""
+    query = select(Deployment).where(Deployment.tenant_id == tenant_id, Deployment.deleted_at.is_(None))
+    if filters.release_id is not None:
+        query = query.where(Deployment.release_id == filters.release_id)
+    if filters.status is not None:
+        query = query.where(_status_clause(filters.status, now))
+    if page.after:
+        query = query.where(Deployment.id < page.after[0])
+    query = query.order_by(Deployment.id.desc())
+    if not filters.labels:
+        return session.scalars(query.limit(page.limit + 1)).all()
+    # Labels are a small JSON object per deployment; match them in Python over the streamed rows.
+    matches: list[Deployment] = []
+    for deployment in session.scalars(query).yield_per(500):
+        if all(deployment.labels.get(key) == value for key, value in filters.labels.items()):
+            matches.append(deployment)
+            if len(matches) > page.limit:
+                break
+    return matches
+
+
+def list_deployment_devices(
+    session: Session, *, tenant_id: str, deployment_id: str, state: str | None, page: PageRequest
+) -> Sequence[DeploymentDevice]:
+    """Per-device states of a deployment by device ID, one row more than the page."""
+    query = select(DeploymentDevice).where(
+        DeploymentDevice.tenant_id == tenant_id, DeploymentDevice.deployment_id == deployment_id
+    )
+    if state is not None:
+        query = query.where(DeploymentDevice.state == state)
+    if page.after:
+        query = query.where(DeploymentDevice.device_id > page.after[0])
+    query = query.order_by(DeploymentDevice.device_id).limit(page.limit + 1)
+    return session.scalars(query).all()
+
+
+def get_device_state(
+    session: Session, *, tenant_id: str, deployment_id: str, device_id: str
+) -> DeploymentDevice | None:
+    return session.get(DeploymentDevice, (tenant_id, deployment_id, device_id))
+
+
+def cancel_unstarted(session: Session, *, deployment: Deployment, now: datetime) -> int:
+    """Cancel every device of the deployment that has not started changing itself."""
+    result = session.execute(
+        update(DeploymentDevice)
+        .where(
+            DeploymentDevice.tenant_id == deployment.tenant_id,
+            DeploymentDevice.deployment_id == deployment.id,
+            DeploymentDevice.state.in_([DeviceUpdateState.PENDING.value, DeviceUpdateState.NOTIFIED.value]),
+        )
+        .values(state=DeviceUpdateState.CANCELLED.value, detail="deployment cancelled", updated_at=now)
+        .execution_options(synchronize_session=False, preserve_rowcount=True)
+    )
+    return result.rowcount or 0
+
+
+def device_history(
+    session: Session, *, tenant_id: str, device_id: str, limit: int
+) -> Sequence[tuple[DeploymentDevice, Deployment]]:
+    """Every deployment that targeted the device, deleted ones included, newest first."""
+    rows = session.execute(
+        select(DeploymentDevice, Deployment)
+        .join(
+            Deployment,
+            and_(
+                Deployment.tenant_id == DeploymentDevice.tenant_id,
+                Deployment.id == DeploymentDevice.deployment_id,
+            ),
+        )
+        .where(DeploymentDevice.tenant_id == tenant_id, DeploymentDevice.device_id == device_id)
+        .order_by(Deployment.id.desc())
+        .limit(limit)
+    )
+    return [(row[0], row[1]) for row in rows]

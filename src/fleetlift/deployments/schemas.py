@@ -1,0 +1,173 @@
+"""Input and output shapes of deployments and update triggers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from fleetlift.api.common import DeviceId, Labels, Name, ResourceId, StrictModel
+
+Condition = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+Priority = Annotated[int, Field(ge=0, le=1_000_000, description="Higher wins where deployments overlap.")]
+
+
+class Target(StrictModel):
+    """Which devices a deployment is for: explicit IDs, a condition, or both (their union)."""
+
+    device_ids: list[DeviceId] = Field(default_factory=list, max_length=10_000)
+    condition: Condition | None = Field(
+        default=None,
+        description="Azure IoT Hub style condition, e.g. `tags.env = 'prod' AND "
+        "properties.reported.arch IN ['arm64', 'armv7']`; `*` targets every device.",
+    )
+
+
+_EXAMPLE = {
+    "name": "edge-stack 1.4.0 to production",
+    "release_id": "rel_01JD3Q6R8W2M5E0B9N4T7K1XYZ",
+    "target": {"condition": "tags.env = 'prod'"},
+    "priority": 10,
+    "labels": {"team": "edge"},
+    "status": "active",
+}
+
+
+class DeploymentCreate(StrictModel):
+    """A new deployment. ``draft`` needs `deployments:write`; ``active`` needs `deployments:control`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE]})
+
+    name: Name
+    release_id: ResourceId
+    target: Target
+    priority: Priority = 0
+    labels: Labels = Field(default_factory=dict)
+    status: Literal["draft", "active"] = "active"
+    start_at: AwareDatetime | None = Field(default=None, description="Scheduled start (UTC ISO 8601).")
+
+
+class DeploymentReplace(StrictModel):
+    """The whole editable deployment. Release and target change only while a draft; moving
+    ``status`` (draft → active, active ⇄ paused, → cancelled) needs `deployments:control`."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{**_EXAMPLE, "status": "paused"}]}
+    )
+
+    name: Name
+    release_id: ResourceId
+    target: Target
+    priority: Priority = 0
+    labels: Labels = Field(default_factory=dict)
+    status: Literal["draft", "active", "paused", "cancelled"]
+    start_at: AwareDatetime | None = None
+
+
+DeploymentStatusName = Literal["draft", "scheduled", "active", "paused", "completed", "cancelled", "failed"]
+DeviceStateName = Literal[
+    "pending",
+    "notified",
+    "downloading",
+    "downloaded",
+    "installing",
+    "rebooting",
+    "verifying",
+    "succeeded",
+    "failed",
+    "rolled_back",
+    "already_installed",
+    "cancelled",
+]
+
+
+class DeploymentRead(BaseModel):
+    id: str
+    name: str
+    release_id: str
+    target: Target
+    priority: int
+    labels: dict[str, str]
+    status: DeploymentStatusName
+    start_at: datetime | None
+    device_counts: dict[DeviceStateName, int] = Field(description="Targeted devices per update state.")
+    total_devices: int
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeploymentDeviceRead(BaseModel):
+    device_id: str
+    state: DeviceStateName
+    detail: str | None
+    attempts: int
+    updated_at: datetime
+
+
+class SingleUpdateRequest(StrictModel):
+    """Update one device to a release now."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"release_id": "rel_01JD3Q6R8W2M5E0B9N4T7K1XYZ"}]}
+    )
+
+    release_id: ResourceId
+    priority: Priority = 0
+
+
+class SingleUpdateResult(BaseModel):
+    deployment_id: str
+    device_id: str
+    release_id: str
+    state: DeviceStateName
+
+
+class BatchUpdateRequest(StrictModel):
+    """Update many devices to a release: by IDs, by a condition, or both."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "release_id": "rel_01JD3Q6R8W2M5E0B9N4T7K1XYZ",
+                    "device_ids": ["gw-berlin-0001", "gw-berlin-0002"],
+                },
+                {"release_id": "rel_01JD3Q6R8W2M5E0B9N4T7K1XYZ", "condition": "tags.site = 'berlin'"},
+            ]
+        },
+    )
+
+    release_id: ResourceId
+    device_ids: list[DeviceId] = Field(default_factory=list, max_length=10_000)
+    condition: Condition | None = None
+    priority: Priority = 0
+    name: Name | None = None
+
+
+RejectionReasonName = Literal[
+    "unknown_device",
+    "device_not_accepted",
+    "incompatible_device_type",
+    "incompatible_architecture",
+    "already_on_release",
+]
+
+
+class BatchDeviceResult(BaseModel):
+    device_id: str
+    accepted: bool
+    reason: RejectionReasonName | None = None
+    detail: str | None = None
+
+
+class BatchUpdateResult(BaseModel):
+    """Per-device answers; devices matched by a condition are listed only when rejected (the
+    accepted ones are in the deployment's device list)."""
+
+    deployment_id: str | None = Field(description="The deployment created for the accepted devices, if any.")
+    accepted_count: int
+    rejected_count: int
+    results: list[BatchDeviceResult]

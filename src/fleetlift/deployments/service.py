@@ -1,0 +1,547 @@
+"""Use cases of deployments, update triggers and per-device update states."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from fleetlift.audit import service as audit
+from fleetlift.context import Caller
+from fleetlift.db import utcnow
+from fleetlift.deployments import repository, rules
+from fleetlift.deployments.models import Deployment, DeploymentDevice
+from fleetlift.deployments.repository import DeploymentFilter, Eligibility
+from fleetlift.deployments.rules import (
+    DeploymentContent,
+    DeploymentFields,
+    DeploymentStatus,
+    DeviceUpdateState,
+    Phase,
+    UpdateRefusal,
+)
+from fleetlift.deployments.schemas import (
+    BatchDeviceResult,
+    BatchUpdateRequest,
+    BatchUpdateResult,
+    DeploymentCreate,
+    DeploymentReplace,
+    SingleUpdateRequest,
+    Target,
+)
+from fleetlift.devices import repository as devices
+from fleetlift.devices.models import Device
+from fleetlift.errors import Conflict, FieldError, Incompatible, InvalidInput, NotFound
+from fleetlift.etags import check_if_match
+from fleetlift.ids import new_id
+from fleetlift.pagination import Page, PageRequest, page_of
+from fleetlift.releases import repository as releases
+from fleetlift.releases.models import Release
+from fleetlift.targeting import parse_condition, render_condition
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    """A deployment with its derived status and per-state device counts."""
+
+    deployment: Deployment
+    status: DeploymentStatus
+    counts: dict[DeviceUpdateState, int]
+
+
+def _view(session: Session, deployment: Deployment, now: datetime) -> DeploymentView:
+    counts = repository.counts_by_state(
+        session, tenant_id=deployment.tenant_id, deployment_ids=[deployment.id]
+    ).get(deployment.id, {})
+    return _view_from(deployment, counts, now)
+
+
+def _view_from(deployment: Deployment, counts: dict[DeviceUpdateState, int], now: datetime) -> DeploymentView:
+    status = rules.deployment_status(
+        phase=Phase(deployment.phase), counts=counts, start_at=deployment.start_at, now=now
+    )
+    return DeploymentView(deployment, status, counts)
+
+
+def _load(session: Session, caller: Caller, deployment_id: str) -> Deployment:
+    deployment = repository.get(session, tenant_id=caller.tenant_id, deployment_id=deployment_id)
+    if deployment is None:
+        raise NotFound(f"no deployment '{deployment_id}' in this tenant")
+    return deployment
+
+
+def _release(session: Session, caller: Caller, release_id: str) -> Release:
+    release = releases.get(session, tenant_id=caller.tenant_id, release_id=release_id)
+    if release is None:
+        raise InvalidInput(
+            f"no release '{release_id}' in this tenant",
+            errors=[FieldError("body.release_id", "unknown release")],
+        )
+    return release
+
+
+def _normalised_condition(condition: str | None) -> str | None:
+    """Parse (a syntax error is a 400 naming the position) and store the canonical form."""
+    if condition is None:
+        return None
+    return render_condition(parse_condition(condition))
+
+
+def _release_facts(release: Release) -> rules.ReleaseFacts:
+    return rules.ReleaseFacts(release.id, tuple(release.device_types), tuple(release.architectures))
+
+
+def _device_facts(device: Device | None) -> rules.DeviceFacts | None:
+    if device is None:
+        return None
+    return rules.DeviceFacts(device.status, device.device_type, device.architecture, device.release_id)
+
+
+def _eligibility(
+    session: Session, release: Release, device_ids: Sequence[str], condition: str | None
+) -> Eligibility:
+    clause = None if condition is None else devices.condition_clause(session, parse_condition(condition))
+    return Eligibility(release=release, explicit_ids=list(device_ids), condition=clause)
+
+
+def _check_explicit_targets(
+    session: Session, caller: Caller, release: Release, device_ids: Sequence[str]
+) -> None:
+    """Explicitly named devices must exist and be able to run the release."""
+    if not device_ids:
+        return
+    found = devices.get_many(session, tenant_id=caller.tenant_id, device_ids=device_ids)
+    unknown = [device_id for device_id in device_ids if device_id not in found]
+    if unknown:
+        raise InvalidInput(
+            f"{len(unknown)} target device(s) do not exist: {', '.join(unknown[:20])}",
+            errors=[FieldError("body.target.device_ids", f"unknown device '{d}'") for d in unknown[:20]],
+        )
+    refusals = []
+    for device_id in device_ids:
+        refusal = rules.update_refusal(_device_facts(found[device_id]), _release_facts(release))
+        if refusal is not None and refusal[0] in (
+            UpdateRefusal.INCOMPATIBLE_TYPE,
+            UpdateRefusal.INCOMPATIBLE_ARCHITECTURE,
+        ):
+            refusals.append({"device_id": device_id, "reason": refusal[0].value, "detail": refusal[1]})
+    if refusals:
+        first = refusals[0]
+        raise Incompatible(
+            f"release '{release.name}' {release.version} cannot run on {len(refusals)} target device(s); "
+            f"first: '{first['device_id']}': {first['detail']}",
+            extra={"devices": refusals[:100]},
+        )
+
+
+def get(*, session: Session, caller: Caller, deployment_id: str) -> DeploymentView:
+    """One deployment with its status and device counts."""
+    return _view(session, _load(session, caller, deployment_id), utcnow())
+
+
+def list_deployments(
+    *, session: Session, caller: Caller, filters: DeploymentFilter, page: PageRequest
+) -> Page[DeploymentView]:
+    """Deployments newest first, filtered by status, release and labels."""
+    now = utcnow()
+    rows = repository.list_deployments(
+        session, tenant_id=caller.tenant_id, filters=filters, page=page, now=now
+    )
+    cut = page_of(rows, page, lambda deployment: [deployment.id])
+    counts = repository.counts_by_state(
+        session, tenant_id=caller.tenant_id, deployment_ids=[d.id for d in cut.items]
+    )
+    return Page(
+        items=[_view_from(d, counts.get(d.id, {}), now) for d in cut.items], next_cursor=cut.next_cursor
+    )
+
+
+def create(*, session: Session, caller: Caller, data: DeploymentCreate) -> DeploymentView:
+    """Create a deployment; an active one is assigned its target devices at once."""
+    phase = Phase(data.status)
+    caller.require(rules.permission_for_new(phase))
+    rules.check_target(data.target.device_ids, data.target.condition)
+    condition = _normalised_condition(data.target.condition)
+    release = _release(session, caller, data.release_id)
+    device_ids = list(dict.fromkeys(data.target.device_ids))
+    _check_explicit_targets(session, caller, release, device_ids)
+    now = utcnow()
+    deployment = Deployment(
+        tenant_id=caller.tenant_id,
+        id=new_id("dep_"),
+        name=data.name,
+        release_id=release.id,
+        target_device_ids=device_ids,
+        target_condition=condition,
+        priority=data.priority,
+        labels=dict(data.labels),
+        phase=phase.value,
+        start_at=data.start_at,
+        created_by=caller.subject,
+        created_at=now,
+        updated_at=now,
+    )
+    repository.add(session, deployment)
+    session.flush()
+    assigned = 0
+    if phase is Phase.ACTIVE:
+        assigned = repository.assign_devices(
+            session,
+            deployment=deployment,
+            eligibility=_eligibility(session, release, device_ids, condition),
+            skip_already_installed=False,
+            now=now,
+        )
+    audit.record(
+        session,
+        caller=caller,
+        action="deployments.create",
+        resource_type="deployment",
+        resource_id=deployment.id,
+        status_code=201,
+        details={"release_id": release.id, "status": phase.value, "assigned_devices": assigned},
+    )
+    session.commit()
+    return _view(session, deployment, now)
+
+
+def _fields(deployment: Deployment) -> DeploymentFields:
+    return DeploymentFields(
+        name=deployment.name,
+        priority=deployment.priority,
+        labels=tuple(sorted(deployment.labels.items())),
+        start_at=deployment.start_at,
+        content=DeploymentContent(
+            deployment.release_id, tuple(deployment.target_device_ids), deployment.target_condition
+        ),
+        phase=Phase(deployment.phase),
+    )
+
+
+def replace(
+    *, session: Session, caller: Caller, deployment_id: str, data: DeploymentReplace, if_match: str | None
+) -> DeploymentView:
+    """Replace a deployment's editable fields and move its phase (start, pause, resume, cancel)."""
+    deployment = _load(session, caller, deployment_id)
+    check_if_match(if_match, deployment.row_version)
+    rules.check_target(data.target.device_ids, data.target.condition)
+    device_ids = list(dict.fromkeys(data.target.device_ids))
+    before = _fields(deployment)
+    after = DeploymentFields(
+        name=data.name,
+        priority=data.priority,
+        labels=tuple(sorted(data.labels.items())),
+        start_at=data.start_at,
+        content=DeploymentContent(
+            data.release_id, tuple(device_ids), _normalised_condition(data.target.condition)
+        ),
+        phase=Phase(data.status),
+    )
+    missing = rules.missing_permission(before, after, caller.permissions)
+    if missing is not None:
+        caller.require(missing)
+    rules.check_phase_change(before.phase, after.phase)
+    rules.check_content_change(before.phase, before.content, after.content)
+    now = utcnow()
+    if before.content != after.content:
+        release = _release(session, caller, data.release_id)
+        _check_explicit_targets(session, caller, release, device_ids)
+    deployment.name = after.name
+    deployment.priority = after.priority
+    deployment.labels = dict(after.labels)
+    deployment.start_at = after.start_at
+    deployment.release_id = after.content.release_id
+    deployment.target_device_ids = device_ids
+    deployment.target_condition = after.content.target_condition
+    deployment.phase = after.phase.value
+    deployment.updated_at = now
+    session.flush()
+    details: dict[str, object] = {}
+    if before.phase != after.phase:
+        details["phase"] = [before.phase.value, after.phase.value]
+    if before.phase is Phase.DRAFT and after.phase is Phase.ACTIVE:
+        release = _release(session, caller, deployment.release_id)
+        details["assigned_devices"] = repository.assign_devices(
+            session,
+            deployment=deployment,
+            eligibility=_eligibility(session, release, device_ids, deployment.target_condition),
+            skip_already_installed=False,
+            now=now,
+        )
+    if after.phase is Phase.CANCELLED and before.phase is not Phase.CANCELLED:
+        details["cancelled_devices"] = repository.cancel_unstarted(session, deployment=deployment, now=now)
+    audit.record(
+        session,
+        caller=caller,
+        action="deployments.update",
+        resource_type="deployment",
+        resource_id=deployment.id,
+        details=details,
+    )
+    session.commit()
+    return _view(session, deployment, now)
+
+
+def delete(
+    *, session: Session, caller: Caller, deployment_id: str, force: bool, if_match: str | None
+) -> None:
+    """Hide a deployment; an active one only with ``force`` (which cancels it first). The
+    per-device history stays, readable from each device."""
+    deployment = _load(session, caller, deployment_id)
+    check_if_match(if_match, deployment.row_version)
+    now = utcnow()
+    view = _view(session, deployment, now)
+    cancelled = 0
+    if rules.is_active(view.status):
+        if not force:
+            raise Conflict(
+                f"deployment '{deployment_id}' is {view.status.value}; "
+                "cancel it first or delete with force=true"
+            )
+        caller.require(rules.Permission.DEPLOYMENTS_CONTROL)
+        deployment.phase = Phase.CANCELLED.value
+        cancelled = repository.cancel_unstarted(session, deployment=deployment, now=now)
+    deployment.deleted_at = now
+    deployment.updated_at = now
+    audit.record(
+        session,
+        caller=caller,
+        action="deployments.delete",
+        resource_type="deployment",
+        resource_id=deployment_id,
+        status_code=204,
+        details={"forced": force and rules.is_active(view.status), "cancelled_devices": cancelled},
+    )
+    session.commit()
+
+
+def list_devices(
+    *, session: Session, caller: Caller, deployment_id: str, state: str | None, page: PageRequest
+) -> Page[DeploymentDevice]:
+    """Every targeted device of a deployment with its update state, by device ID."""
+    _load(session, caller, deployment_id)
+    rows = repository.list_deployment_devices(
+        session, tenant_id=caller.tenant_id, deployment_id=deployment_id, state=state, page=page
+    )
+    return page_of(rows, page, lambda row: [row.device_id])
+
+
+def trigger_single(
+    *, session: Session, caller: Caller, device_id: str, data: SingleUpdateRequest
+) -> DeploymentDevice:
+    """Update one device to a release now, through a deployment of its own."""
+    device = devices.get(session, tenant_id=caller.tenant_id, device_id=device_id)
+    if device is None:
+        raise NotFound(f"no device '{device_id}' in this tenant")
+    release = _release(session, caller, data.release_id)
+    refusal = rules.update_refusal(_device_facts(device), _release_facts(release))
+    if refusal is not None:
+        reason, detail = refusal
+        error = (
+            Incompatible
+            if reason in (UpdateRefusal.INCOMPATIBLE_TYPE, UpdateRefusal.INCOMPATIBLE_ARCHITECTURE)
+            else Conflict
+        )
+        raise error(
+            f"device '{device_id}' cannot be updated to '{release.name}' {release.version}: {detail}",
+            extra={"reason": reason.value},
+        )
+    deployment = _new_trigger_deployment(
+        session,
+        caller,
+        release,
+        name=f"{device_id} to {release.name} {release.version}",
+        device_ids=[device_id],
+        condition=None,
+        priority=data.priority,
+    )
+    repository.assign_devices(
+        session,
+        deployment=deployment,
+        eligibility=Eligibility(release=release, explicit_ids=[device_id], condition=None),
+        skip_already_installed=True,
+        now=deployment.created_at,
+    )
+    state = repository.get_device_state(
+        session, tenant_id=caller.tenant_id, deployment_id=deployment.id, device_id=device_id
+    )
+    assert state is not None  # the refusal check above guarantees the device was eligible
+    audit.record(
+        session,
+        caller=caller,
+        action="updates.trigger",
+        resource_type="device",
+        resource_id=device_id,
+        status_code=202,
+        details={"deployment_id": deployment.id, "release_id": release.id},
+    )
+    session.commit()
+    return state
+
+
+def _new_trigger_deployment(
+    session: Session,
+    caller: Caller,
+    release: Release,
+    *,
+    name: str,
+    device_ids: list[str],
+    condition: str | None,
+    priority: int,
+) -> Deployment:
+    now = utcnow()
+    deployment = Deployment(
+        tenant_id=caller.tenant_id,
+        id=new_id("dep_"),
+        name=name[:200],
+        release_id=release.id,
+        target_device_ids=device_ids,
+        target_condition=condition,
+        priority=priority,
+        labels={"fleetlift/trigger": "manual"},
+        phase=Phase.ACTIVE.value,
+        start_at=None,
+        created_by=caller.subject,
+        created_at=now,
+        updated_at=now,
+    )
+    repository.add(session, deployment)
+    session.flush()
+    return deployment
+
+
+def trigger_batch(
+    *, session: Session, caller: Caller, data: BatchUpdateRequest, max_listed: int = 10_000
+) -> BatchUpdateResult:
+    """Update many devices to a release; says per device whether it was accepted or why not."""
+    if not data.device_ids and not data.condition:
+        raise InvalidInput("name the devices to update with device_ids, a condition, or both")
+    condition = _normalised_condition(data.condition)
+    release = _release(session, caller, data.release_id)
+    device_ids = list(dict.fromkeys(data.device_ids))
+    eligibility = _eligibility(session, release, device_ids, condition)
+
+    results: list[BatchDeviceResult] = []
+    accepted_explicit: list[str] = []
+    if device_ids:
+        found = devices.get_many(session, tenant_id=caller.tenant_id, device_ids=device_ids)
+        for device_id in device_ids:
+            refusal = rules.update_refusal(_device_facts(found.get(device_id)), _release_facts(release))
+            if refusal is None:
+                accepted_explicit.append(device_id)
+                results.append(BatchDeviceResult(device_id=device_id, accepted=True))
+            else:
+                results.append(
+                    BatchDeviceResult(
+                        device_id=device_id, accepted=False, reason=refusal[0].value, detail=refusal[1]
+                    )
+                )
+    if condition is not None:
+        listed = {result.device_id for result in results}
+        for device in repository.ineligible_devices(
+            session, tenant_id=caller.tenant_id, eligibility=eligibility, limit=max_listed
+        ):
+            if device.id in listed:
+                continue
+            refusal = rules.update_refusal(_device_facts(device), _release_facts(release))
+            if refusal is not None:
+                results.append(
+                    BatchDeviceResult(
+                        device_id=device.id, accepted=False, reason=refusal[0].value, detail=refusal[1]
+                    )
+                )
+
+    eligible = repository.count_eligible(session, tenant_id=caller.tenant_id, eligibility=eligibility)
+    deployment_id: str | None = None
+    if eligible:
+        deployment = _new_trigger_deployment(
+            session,
+            caller,
+            release,
+            name=data.name or f"batch update to {release.name} {release.version}",
+            device_ids=accepted_explicit,
+            condition=condition,
+            priority=data.priority,
+        )
+        eligible = repository.assign_devices(
+            session,
+            deployment=deployment,
+            eligibility=eligibility,
+            skip_already_installed=True,
+            now=deployment.created_at,
+        )
+        deployment_id = deployment.id
+    rejected = sum(1 for result in results if not result.accepted)
+    audit.record(
+        session,
+        caller=caller,
+        action="updates.trigger_batch",
+        resource_type="deployment" if deployment_id else "release",
+        resource_id=deployment_id or release.id,
+        details={"release_id": release.id, "accepted": eligible, "rejected": rejected},
+    )
+    session.commit()
+    return BatchUpdateResult(
+        deployment_id=deployment_id, accepted_count=eligible, rejected_count=rejected, results=results
+    )
+
+
+def device_deployments(
+    *, session: Session, caller: Caller, device_id: str, limit: int = 200
+) -> list[tuple[DeploymentDevice, Deployment, bool]]:
+    """The deployments that targeted a device (deleted ones too), marking the one it follows now."""
+    if devices.get(session, tenant_id=caller.tenant_id, device_id=device_id) is None:
+        raise NotFound(f"no device '{device_id}' in this tenant")
+    history = repository.device_history(session, tenant_id=caller.tenant_id, device_id=device_id, limit=limit)
+    now = utcnow()
+    live = [
+        rules.Candidate(deployment.id, deployment.priority, deployment.created_at)
+        for state, deployment in history
+        if deployment.deleted_at is None
+        and deployment.phase == Phase.ACTIVE.value
+        and (deployment.start_at is None or deployment.start_at <= now)
+        and DeviceUpdateState(state.state) not in rules.TERMINAL
+    ]
+    chosen = rules.effective_deployment(live)
+    return [
+        (state, deployment, chosen is not None and deployment.id == chosen.deployment_id)
+        for state, deployment in history
+    ]
+
+
+def record_device_report(
+    *,
+    session: Session,
+    tenant_id: str,
+    deployment_id: str,
+    device_id: str,
+    state: DeviceUpdateState,
+    detail: str | None = None,
+) -> DeviceUpdateState:
+    """Apply a device's status report through the state machine; a success records the release
+    the device now runs. Duplicates and late reports are harmless."""
+    row = repository.get_device_state(
+        session, tenant_id=tenant_id, deployment_id=deployment_id, device_id=device_id
+    )
+    if row is None:
+        raise NotFound(f"device '{device_id}' is not part of deployment '{deployment_id}'")
+    outcome = rules.transition(DeviceUpdateState(row.state), state)
+    if outcome.changed:
+        row.state = outcome.state.value
+        row.detail = detail
+        row.updated_at = utcnow()
+        if outcome.state is DeviceUpdateState.SUCCEEDED:
+            deployment = session.get(Deployment, (tenant_id, deployment_id))
+            device = devices.get(session, tenant_id=tenant_id, device_id=device_id)
+            if deployment is not None and device is not None:
+                device.release_id = deployment.release_id
+                device.updated_at = row.updated_at
+    session.commit()
+    return outcome.state
+
+
+def target_of(deployment: Deployment) -> Target:
+    """The target as the API shows it."""
+    return Target(device_ids=list(deployment.target_device_ids), condition=deployment.target_condition)

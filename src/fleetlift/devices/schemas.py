@@ -1,0 +1,91 @@
+"""Input and output shapes of the device slice."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleetlift.api.common import DeviceId, Name, ResourceId, StrictModel
+
+Tags = dict[str, Any]
+
+_TAGS_DESCRIPTION = "Free-form JSON tags set by operators, addressable in target conditions as `tags.<key>`."
+
+
+class DeviceCreate(StrictModel):
+    """Register a device ahead of it connecting (an operator-registered device is accepted)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "gw-berlin-0001",
+                    "name": "Berlin gateway 1",
+                    "device_type": "gateway-x1",
+                    "architecture": "arm64",
+                    "tags": {"env": "prod", "site": "berlin"},
+                }
+            ]
+        },
+    )
+
+    id: DeviceId | None = Field(default=None, description="Your device ID; generated when omitted.")
+    name: Name | None = Field(default=None, description="Display name; defaults to the ID.")
+    device_type: Name = Field(description="Hardware model, matched against a release's device types.")
+    architecture: Name = Field(description="CPU architecture, e.g. arm64, armv7, amd64.")
+    tags: Tags = Field(default_factory=dict, description=_TAGS_DESCRIPTION)
+    reported: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Initial inventory; addressable as `properties.reported.<key>`.",
+    )
+    release_id: ResourceId | None = Field(default=None, description="The release the device runs now.")
+    status: Literal["pending", "accepted"] = Field(
+        default="accepted", description="Admission status; registering through this API admits by default."
+    )
+
+
+class DeviceUpdate(StrictModel):
+    """Replace a device's operator-owned fields (its name and tags)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "Berlin gateway 1", "tags": {"env": "prod", "ring": 2}}]},
+    )
+
+    name: Name
+    tags: Tags = Field(description=_TAGS_DESCRIPTION)
+
+
+class DeviceRead(BaseModel):
+    """A device as the management API shows it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    device_type: str
+    architecture: str
+    tags: Tags
+    reported: dict[str, Any] = Field(description="Inventory the device reported.")
+    release_id: str | None = Field(description="The release the device runs.")
+    status: Literal["pending", "accepted", "rejected", "decommissioned"]
+    last_seen_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeviceDeploymentRead(BaseModel):
+    """One deployment that targeted a device, with the device's state in it."""
+
+    deployment_id: str
+    deployment_name: str
+    release_id: str
+    priority: int
+    state: str
+    detail: str | None
+    updated_at: datetime
+    deleted: bool = Field(description="The deployment was deleted; its history is kept.")
+    effective: bool = Field(description="The deployment the device follows now.")

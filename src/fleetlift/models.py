@@ -1,0 +1,12 @@
+"""Every ORM table, imported in one place so metadata is complete for migrations and tests."""
+
+from fleetlift.audit.models import AuditEntry
+from fleetlift.db import Base
+from fleetlift.deployments.models import Deployment, DeploymentDevice
+from fleetlift.devices.models import Device
+from fleetlift.releases.models import Release
+from fleetlift.tenants.models import Tenant
+
+metadata = Base.metadata
+
+__all__ = ["AuditEntry", "Deployment", "DeploymentDevice", "Device", "Release", "Tenant", "metadata"]

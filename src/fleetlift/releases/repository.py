@@ -1,0 +1,72 @@
+"""All SQL of the release slice."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from fleetlift.deployments.models import Deployment
+from fleetlift.pagination import PageRequest
+from fleetlift.releases.models import Release
+
+
+def get(session: Session, *, tenant_id: str, release_id: str) -> Release | None:
+    return session.get(Release, (tenant_id, release_id))
+
+
+def find_by_name_version(session: Session, *, tenant_id: str, name: str, version: str) -> Release | None:
+    return session.scalars(
+        select(Release).where(
+            Release.tenant_id == tenant_id, Release.name == name, Release.version == version
+        )
+    ).first()
+
+
+def add(session: Session, release: Release) -> None:
+    session.add(release)
+
+
+def delete(session: Session, release: Release) -> None:
+    session.delete(release)
+
+
+def count_deployments_using(session: Session, *, tenant_id: str, release_id: str) -> int:
+    """Deployments (deleted ones too: they keep history) that reference the release."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Deployment)
+            .where(Deployment.tenant_id == tenant_id, Deployment.release_id == release_id)
+        )
+        or 0
+    )
+
+
+def list_releases(
+    session: Session,
+    *,
+    tenant_id: str,
+    name: str | None,
+    device_type: str | None,
+    page: PageRequest,
+) -> Sequence[Release]:
+    """Newest first, one row more than the page."""
+    query = select(Release).where(Release.tenant_id == tenant_id)
+    if name is not None:
+        query = query.where(Release.name == name)
+    if page.after:
+        query = query.where(Release.id < page.after[0])
+    query = query.order_by(Release.id.desc())
+    if device_type is None:
+        return session.scalars(query.limit(page.limit + 1)).all()
+    # Compatibility lists are small JSON arrays; filter them in Python over a bounded window
+    # rather than writing the JSON-containment SQL twice (once per dialect).
+    matches: list[Release] = []
+    for release in session.scalars(query).yield_per(500):
+        if not release.device_types or device_type in release.device_types:
+            matches.append(release)
+            if len(matches) > page.limit:
+                break
+    return matches

@@ -1,0 +1,204 @@
+"""Every role through every management operation: allowed ones pass auth, the rest get 403."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from fleetlift.auth import ROLE_PERMISSIONS, Permission, Role
+
+from .conftest import Api
+
+ROLES = [role.value for role in Role]
+
+
+def operations(api: Api) -> list[tuple[str, str, dict[str, Any] | None, Permission, str]]:
+    """(method, path, body, permission, id) for every operation, with live resources to act on."""
+    release = api.release()
+    api.device("m-1")
+    api.device("m-2")
+    deployment = api.post(
+        "/deployments",
+        json={"name": "d", "release_id": release["id"], "target": {"device_ids": ["m-1"]}, "status": "draft"},
+    ).json()
+    put_deployment = {
+        "name": "{unique}",
+        "release_id": release["id"],
+        "target": {"device_ids": ["m-1"]},
+        "status": "draft",
+    }
+    return [
+        ("GET", "/releases", None, Permission.RELEASES_READ, "list releases"),
+        (
+            "POST",
+            "/releases",
+            {"name": "n", "version": "{unique}", "payloads": release["payloads"]},
+            Permission.RELEASES_WRITE,
+            "create release",
+        ),
+        ("GET", f"/releases/{release['id']}", None, Permission.RELEASES_READ, "get release"),
+        (
+            "PUT",
+            f"/releases/{release['id']}",
+            {"device_types": [], "architectures": []},
+            Permission.RELEASES_WRITE,
+            "update release",
+        ),
+        ("DELETE", "/releases/rel_missing", None, Permission.RELEASES_WRITE, "delete release"),
+        ("GET", "/devices", None, Permission.DEVICES_READ, "list devices"),
+        (
+            "POST",
+            "/devices",
+            {"device_type": "gw-x1", "architecture": "arm64"},
+            Permission.DEVICES_WRITE,
+            "register device",
+        ),
+        ("GET", "/devices/m-1", None, Permission.DEVICES_READ, "get device"),
+        ("PUT", "/devices/m-1", {"name": "m", "tags": {}}, Permission.DEVICES_WRITE, "update device"),
+        ("DELETE", "/devices/missing", None, Permission.DEVICES_WRITE, "delete device"),
+        ("GET", "/devices/m-1/deployments", None, Permission.DEPLOYMENTS_READ, "device history"),
+        (
+            "POST",
+            "/devices/m-2/update",
+            {"release_id": release["id"]},
+            Permission.UPDATES_TRIGGER,
+            "update one",
+        ),
+        (
+            "POST",
+            "/devices/update",
+            {"release_id": release["id"], "device_ids": ["m-2"]},
+            Permission.UPDATES_TRIGGER,
+            "update batch",
+        ),
+        ("GET", "/deployments", None, Permission.DEPLOYMENTS_READ, "list deployments"),
+        (
+            "POST",
+            "/deployments",
+            {"name": "d", "release_id": release["id"], "target": {"device_ids": ["m-1"]}, "status": "draft"},
+            Permission.DEPLOYMENTS_WRITE,
+            "create draft deployment",
+        ),
+        (
+            "POST",
+            "/deployments",
+            {"name": "d", "release_id": release["id"], "target": {"device_ids": ["m-1"]}, "status": "active"},
+            Permission.DEPLOYMENTS_CONTROL,
+            "create active deployment",
+        ),
+        ("GET", f"/deployments/{deployment['id']}", None, Permission.DEPLOYMENTS_READ, "get deployment"),
+        (
+            "PUT",
+            f"/deployments/{deployment['id']}",
+            put_deployment,
+            Permission.DEPLOYMENTS_WRITE,
+            "edit deployment",
+        ),
+        (
+            "PUT",
+            "/deployments/{fresh_draft}",
+            put_deployment | {"name": "d", "status": "cancelled"},
+            Permission.DEPLOYMENTS_CONTROL,
+            "cancel deployment",
+        ),
+        ("DELETE", "/deployments/dep_missing", None, Permission.DEPLOYMENTS_WRITE, "delete deployment"),
+        (
+            "GET",
+            f"/deployments/{deployment['id']}/devices",
+            None,
+            Permission.DEPLOYMENTS_READ,
+            "deployment devices",
+        ),
+        ("GET", "/audit", None, Permission.AUDIT_READ, "audit"),
+    ]
+
+
+def _unique(body: dict[str, Any] | None, suffix: str) -> dict[str, Any] | None:
+    """Fill ``{unique}`` placeholders so each role's call is a real change, not a repeat."""
+    if body is None:
+        return None
+    return {key: f"n-{suffix}" if value == "{unique}" else value for key, value in body.items()}
+
+
+def test_every_role_through_every_operation(api: Api) -> None:
+    table = operations(api)
+    release_id = table[2][1].rsplit("/", 1)[-1]
+    draft_body = {"name": "d", "release_id": release_id, "target": {"device_ids": ["m-1"]}, "status": "draft"}
+    documented = {
+        (method.upper(), path)
+        for path, item in api.client.app.openapi()["paths"].items()  # type: ignore[attr-defined]
+        if path.startswith("/api/v1")
+        for method in item
+    }
+    covered = set()
+    failures = []
+    for index, (method, path, body, permission, name) in enumerate(table):
+        for role in ROLES:
+            call_body = _unique(body, f"{role}-{index}")
+            call_path = path
+            if "{fresh_draft}" in path:
+                draft = api.post("/deployments", json=draft_body).json()
+                call_path = path.replace("{fresh_draft}", draft["id"])
+            response = api.call(method, call_path, role=role, json=call_body)
+            allowed = permission in ROLE_PERMISSIONS[Role(role)]
+            if allowed and response.status_code in (401, 403):
+                failures.append(f"{role} refused '{name}' ({response.status_code}: {response.text[:120]})")
+            if not allowed and response.status_code != 403:
+                failures.append(f"{role} was not refused '{name}' ({response.status_code})")
+            if response.status_code >= 500:
+                failures.append(f"{role} '{name}' broke the server: {response.status_code}")
+        templates = [t.removeprefix("/api/v1") for m, t in documented if m == method]
+        matching = [t for t in templates if _matches(t, path)]
+        covered.add((method, max(matching, key=lambda t: t.count("{") * -1)))
+    assert not failures, "\n".join(failures)
+    assert covered == {(m, p.removeprefix("/api/v1")) for m, p in documented}
+
+
+def _matches(template: str, path: str) -> bool:
+    parts, actual = template.split("/"), path.split("/")
+    return len(parts) == len(actual) and all(
+        p == a or p.startswith("{") for p, a in zip(parts, actual, strict=True)
+    )
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_documented_roles_match_the_matrix(api: Api, role: str) -> None:
+    document = api.client.app.openapi()  # type: ignore[attr-defined]
+    for item in document["paths"].values():
+        for operation in item.values():
+            permission = operation.get("x-fleetlift-permission")
+            if permission is None:
+                continue
+            granted = Permission(permission) in ROLE_PERMISSIONS[Role(role)]
+            assert (role in operation["x-fleetlift-roles"]) == granted
+            assert permission in operation["description"]
+            assert operation["security"] == [{"bearerAuth": []}]
+
+
+def test_no_token_is_401_without_leaking(api: Api) -> None:
+    for method, path in [("GET", "/deployments"), ("POST", "/devices"), ("GET", "/audit")]:
+        response = api.call(method, path, role=None, json={})
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_bad_tokens_are_401(api: Api) -> None:
+    issued_long_ago = datetime.now(UTC) - timedelta(hours=3)
+    expired = api.mint(
+        "old", frozenset({Role.ADMIN}), timedelta(hours=1), tenant_id=api.tenant, now=issued_long_ago
+    )
+    forged = api.token("admin")[:-4] + "AAAA"
+    for token in (expired, forged, "not-a-jwt", ""):
+        response = api.get("/devices", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401, token
+        assert token not in response.text or token == ""
+    assert api.get("/devices", headers={"Authorization": "Basic YWxpY2U6c2VjcmV0"}).status_code == 401
+
+
+def test_token_without_roles_is_403(api: Api) -> None:
+    token = api.token()
+    response = api.get("/devices", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 403
