@@ -69,7 +69,7 @@ def provider() -> Iterator[Provider]:
     state = Provider()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_GET(self) -> None:
             state.requests.append(self.path)
             if state.down:
                 self.send_response(503)

@@ -69,7 +69,7 @@ def paths(draw: st.DrawFn) -> Path:
     if root is Root.DEVICE_ID:
         return Path(root)
     keys = [draw(st.sampled_from(KEYS))]
-    if keys[0] == "nested" or draw(st.booleans()) and draw(st.booleans()):
+    if keys[0] == "nested" or (draw(st.booleans()) and draw(st.booleans())):
         keys.append(draw(st.sampled_from(SUB_KEYS)))
     return Path(root, tuple(keys))
 
