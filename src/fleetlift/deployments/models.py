@@ -52,11 +52,9 @@ class Deployment(Base):
 class DeploymentDevice(Base):
     __tablename__ = "deployment_devices"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["tenant_id", "deployment_id"],
-            ["deployments.tenant_id", "deployments.id"],
-            name="fk_deployment_devices_deployment",
-        ),
+        # No foreign key to deployments: its per-row check doubled the time to assign a
+        # million devices (docs/benchmarks.md). Rows are only written by assign_devices for a
+        # deployment in the same transaction, and deployments are never deleted, only hidden.
         Index("ix_deployment_devices_device", "tenant_id", "device_id"),
         Index("ix_deployment_devices_state", "tenant_id", "deployment_id", "state"),
     )

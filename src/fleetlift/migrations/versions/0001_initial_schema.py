@@ -123,11 +123,6 @@ def upgrade() -> None:
             server_default=sa.text("(CURRENT_TIMESTAMP)"),
             nullable=False,
         ),
-        sa.ForeignKeyConstraint(
-            ["tenant_id", "deployment_id"],
-            ["deployments.tenant_id", "deployments.id"],
-            name="fk_deployment_devices_deployment",
-        ),
         sa.PrimaryKeyConstraint("tenant_id", "deployment_id", "device_id"),
     )
     with op.batch_alter_table("deployment_devices", schema=None) as batch_op:
