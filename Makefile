@@ -26,8 +26,7 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy --strict src/fleetlift/deployments/rules.py src/fleetlift/devices/rules.py \
-		src/fleetlift/targeting/rules.py src/fleetlift/auth/rules.py
+	$(BIN)/mypy --strict src/fleetlift
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test

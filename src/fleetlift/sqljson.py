@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, String, bindparam, func, select, text
+from sqlalchemy import ColumnElement, SQLColumnExpression, String, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 
 
-def in_list(column: ColumnElement[str], values: Sequence[str], dialect: str) -> ColumnElement[bool]:
+def in_list(column: SQLColumnExpression[str], values: Sequence[str], dialect: str) -> ColumnElement[bool]:
     """``column IN values`` with the whole list bound as one parameter."""
     if dialect == "postgresql":
         return column == func.any(bindparam(None, list(values), type_=ARRAY(String)))

@@ -105,3 +105,18 @@ def test_health_readiness_and_metrics(api: Api) -> None:
     metrics = api.client.get("/metrics")
     assert metrics.status_code == 200
     assert 'fleetlift_http_requests_total{method="GET",route="/api/v1/devices",status="200"}' in metrics.text
+
+
+def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: object) -> None:
+    settings = Settings(
+        data_dir=tmp_path,  # type: ignore[arg-type]
+        database_url="postgresql+psycopg://nobody@127.0.0.1:9/nothing?connect_timeout=2",
+        log_level="CRITICAL",
+    )
+    app = create_app(settings)
+    client = TestClient(app)  # no lifespan: it would need the database
+    assert client.get("/healthz").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["database"] == "unreachable"
+    token_settings = client.get("/api/v1/devices")
+    assert token_settings.status_code == 401

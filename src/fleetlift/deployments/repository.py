@@ -6,9 +6,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    CursorResult,
     and_,
     case,
     exists,
@@ -139,7 +141,7 @@ def assign_devices(
         ),
         execution_options={"preserve_rowcount": True},
     )
-    return result.rowcount or 0
+    return cast("CursorResult[Any]", result).rowcount or 0
 
 
 def count_eligible(session: Session, *, tenant_id: str, eligibility: Eligibility) -> int:
@@ -273,7 +275,7 @@ def cancel_unstarted(session: Session, *, deployment: Deployment, now: datetime)
         .values(state=DeviceUpdateState.CANCELLED.value, detail="deployment cancelled", updated_at=now)
         .execution_options(synchronize_session=False, preserve_rowcount=True)
     )
-    return result.rowcount or 0
+    return cast("CursorResult[Any]", result).rowcount or 0
 
 
 def device_history(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -24,7 +24,7 @@ class Target(StrictModel):
     )
 
 
-_EXAMPLE = {
+_EXAMPLE: dict[str, Any] = {
     "name": "edge-stack 1.4.0 to production",
     "release_id": "rel_01JD3Q6R8W2M5E0B9N4T7K1XYZ",
     "target": {"condition": "tags.env = 'prod'"},

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from fleetlift.audit import service as audit
+from fleetlift.auth import Permission
 from fleetlift.context import Caller
 from fleetlift.db import utcnow
 from fleetlift.deployments import repository, rules
@@ -300,7 +301,7 @@ def delete(
                 f"deployment '{deployment_id}' is {view.status.value}; "
                 "cancel it first or delete with force=true"
             )
-        caller.require(rules.Permission.DEPLOYMENTS_CONTROL)
+        caller.require(Permission.DEPLOYMENTS_CONTROL)
         deployment.phase = Phase.CANCELLED.value
         cancelled = repository.cancel_unstarted(session, deployment=deployment, now=now)
     deployment.deleted_at = now

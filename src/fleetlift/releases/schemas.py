@@ -60,7 +60,7 @@ Compat = Annotated[
     list[Annotated[str, StringConstraints(min_length=1, max_length=100)]], Field(max_length=100)
 ]
 
-_EXAMPLE = {
+_EXAMPLE: dict[str, Any] = {
     "name": "edge-stack",
     "version": "1.4.0",
     "kind": "patch",

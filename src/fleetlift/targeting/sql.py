@@ -5,12 +5,15 @@ with an ELSE), so ``NOT`` agrees with ``rules.evaluate`` exactly."""
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Numeric,
+    SQLColumnExpression,
     String,
     and_,
     bindparam,
@@ -27,11 +30,11 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from fleetlift.targeting.rules import All, And, Compare, Condition, In, Literal, Not, Op, Path, Root
 
-_ORDERING = {
-    Op.LT: lambda a, b: a < b,
-    Op.GT: lambda a, b: a > b,
-    Op.LE: lambda a, b: a <= b,
-    Op.GE: lambda a, b: a >= b,
+_ORDERING: dict[Op, Callable[[Any, Any], ColumnElement[bool]]] = {
+    Op.LT: operator.lt,
+    Op.GT: operator.gt,
+    Op.LE: operator.le,
+    Op.GE: operator.ge,
 }
 
 
@@ -47,9 +50,9 @@ class _Compiler:
     def __init__(
         self,
         *,
-        device_id: ColumnElement[Any],
-        tags: ColumnElement[Any],
-        reported: ColumnElement[Any],
+        device_id: SQLColumnExpression[Any],
+        tags: SQLColumnExpression[Any],
+        reported: SQLColumnExpression[Any],
         dialect: str,
     ) -> None:
         if dialect not in ("sqlite", "postgresql"):
@@ -173,9 +176,9 @@ class _Compiler:
 def condition_to_sql(
     condition: Condition,
     *,
-    device_id: ColumnElement[Any],
-    tags: ColumnElement[Any],
-    reported: ColumnElement[Any],
+    device_id: SQLColumnExpression[Any],
+    tags: SQLColumnExpression[Any],
+    reported: SQLColumnExpression[Any],
     dialect: str,
 ) -> ColumnElement[bool]:
     """A boolean SQL expression selecting the devices ``condition`` matches."""
