@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
@@ -27,6 +29,18 @@ def test_oversized_body_is_413(api: Api) -> None:
     assert response.status_code == 413
     assert response.json()["title"] == "Request body too large"
     assert api.get("/devices/x").status_code == 404
+
+
+def test_oversized_streamed_body_is_413(api: Api) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"id": "y", "device_type": "a", "architecture": "b", "tags": {"blob": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}}'
+
+    response = api.post("/devices", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert api.get("/devices/y").status_code == 404
 
 
 def test_non_json_body_is_415(api: Api) -> None:

@@ -62,8 +62,18 @@ async def _send_problem(send: Send, status: int, title: str, detail: str, reques
     await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive channel that hands out ``body`` once, then whatever the client sends next."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 class RequestGuard:
@@ -90,41 +100,42 @@ class RequestGuard:
         started = time.perf_counter()
         status_holder: dict[str, Any] = {"status": 500}
 
+        async def send_problem(status: int, title: str, detail: str) -> None:
+            await _send_problem(send, status, title, detail, request_id)
+            self._observe(scope, method, status, started, request_id)
+
+        async def too_large() -> None:
+            await send_problem(413, "Request body too large", f"the body exceeds {self.max_body_bytes} bytes")
+
         if method in _BODY_METHODS and path.startswith(self.json_prefix):
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                await _send_problem(
-                    send,
-                    413,
-                    "Request body too large",
-                    f"the body exceeds {self.max_body_bytes} bytes",
-                    request_id,
-                )
-                self._observe(scope, method, 413, started, request_id)
+                await too_large()
                 return
             content_type = headers.get("content-type", "").split(";")[0].strip().lower()
             has_body = (length is not None and length != "0") or "transfer-encoding" in headers
             if has_body and not (content_type == "application/json" or content_type.endswith("+json")):
-                await _send_problem(
-                    send,
+                await send_problem(
                     415,
                     "Unsupported media type",
                     f"send the body as application/json, not '{content_type or 'nothing'}'",
-                    request_id,
                 )
-                self._observe(scope, method, 415, started, request_id)
                 return
 
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes and path.startswith(self.json_prefix):
-                    raise _BodyTooLarge
-            return message
+            # JSON bodies are parsed in memory anyway: read them here, so a chunked body that
+            # grows past the limit is refused with 413 before the app sees a byte of it.
+            body = bytearray()
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > self.max_body_bytes:
+                    await too_large()
+                    return
+            receive = _replay(bytes(body), receive)
 
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -132,17 +143,7 @@ class RequestGuard:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            await _send_problem(
-                send,
-                413,
-                "Request body too large",
-                f"the body exceeds {self.max_body_bytes} bytes",
-                request_id,
-            )
-            status_holder["status"] = 413
+        await self.app(scope, receive, tracking_send)
         self._observe(scope, method, status_holder["status"], started, request_id)
 
     def _observe(self, scope: Scope, method: str, status: int, started: float, request_id: str) -> None:
