@@ -55,6 +55,8 @@ def test_every_management_operation_is_fully_described(spec: dict[str, Any]) -> 
                     problems.append(f"{where}: {code} problem response")
             if "422" in responses:
                 problems.append(f"{where}: 422 is never answered")
+            if not _has_example(spec, operation):
+                problems.append(f"{where}: no example in its body or its success response")
             body = operation.get("requestBody")
             if body:
                 schema = body["content"]["application/json"]["schema"]
@@ -75,3 +77,28 @@ def test_problem_schema_and_security_scheme(spec: dict[str, Any]) -> None:
         "bearerFormat": "JWT",
         "description": components["securitySchemes"]["bearerAuth"]["description"],
     }
+
+
+def _schema_has_example(spec: dict[str, Any], schema: dict[str, Any], depth: int = 0) -> bool:
+    if depth > 4:
+        return False
+    if "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    if schema.get("examples"):
+        return True
+    nested = [schema.get("items"), *schema.get("properties", {}).values(), *schema.get("anyOf", [])]
+    return any(isinstance(n, dict) and _schema_has_example(spec, n, depth + 1) for n in nested)
+
+
+def _has_example(spec: dict[str, Any], operation: dict[str, Any]) -> bool:
+    schemas = []
+    body = operation.get("requestBody")
+    if body:
+        schemas.append(body["content"]["application/json"]["schema"])
+    for code, response in operation["responses"].items():
+        if code.startswith("2"):
+            schemas += [
+                media["schema"] for media in response.get("content", {}).values() if "schema" in media
+            ]
+    # An operation with nothing to show (DELETE: no body, 204) has nothing to exemplify.
+    return not schemas or any(_schema_has_example(spec, schema) for schema in schemas)

@@ -83,6 +83,24 @@ DeviceStateName = Literal[
 
 
 class DeploymentRead(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **_EXAMPLE,
+                    "id": "dep_01JD3Q9T1C6B2V8N4M7K5X0ABC",
+                    "target": {"device_ids": [], "condition": "tags.env = 'prod'"},
+                    "start_at": None,
+                    "device_counts": {"pending": 120, "installing": 3, "succeeded": 877},
+                    "total_devices": 1000,
+                    "created_by": "alice",
+                    "created_at": "2026-11-24T09:00:00Z",
+                    "updated_at": "2026-11-24T09:00:00Z",
+                }
+            ]
+        }
+    )
+
     id: str
     name: str
     release_id: str
@@ -99,6 +117,20 @@ class DeploymentRead(BaseModel):
 
 
 class DeploymentDeviceRead(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "device_id": "gw-berlin-0001",
+                    "state": "installing",
+                    "detail": None,
+                    "attempts": 1,
+                    "updated_at": "2026-11-24T09:03:12Z",
+                }
+            ]
+        }
+    )
+
     device_id: str
     state: DeviceStateName
     detail: str | None
@@ -118,6 +150,19 @@ class SingleUpdateRequest(StrictModel):
 
 
 class SingleUpdateResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "deployment_id": "dep_01JD3Q9T1C6B2V8N4M7K5X0ABC",
+                    "device_id": "gw-berlin-0001",
+                    "release_id": "rel_01JD3Q6R8W2M5E0B9N4T7K1XYZ",
+                    "state": "pending",
+                }
+            ]
+        }
+    )
+
     deployment_id: str
     device_id: str
     release_id: str
@@ -166,6 +211,27 @@ class BatchDeviceResult(BaseModel):
 class BatchUpdateResult(BaseModel):
     """Per-device answers; devices matched by a condition are listed only when rejected (the
     accepted ones are in the deployment's device list)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "deployment_id": "dep_01JD3Q9T1C6B2V8N4M7K5X0ABC",
+                    "accepted_count": 1,
+                    "rejected_count": 1,
+                    "results": [
+                        {"device_id": "gw-berlin-0001", "accepted": True, "reason": None, "detail": None},
+                        {
+                            "device_id": "gw-lab-7",
+                            "accepted": False,
+                            "reason": "incompatible_architecture",
+                            "detail": "architecture 'armv7' is not among the release's architectures (arm64)",
+                        },
+                    ],
+                }
+            ]
+        }
+    )
 
     deployment_id: str | None = Field(description="The deployment created for the accepted devices, if any.")
     accepted_count: int

@@ -62,7 +62,26 @@ class DeviceUpdate(StrictModel):
 class DeviceRead(BaseModel):
     """A device as the management API shows it."""
 
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "gw-berlin-0001",
+                    "name": "Berlin gateway 1",
+                    "device_type": "gateway-x1",
+                    "architecture": "arm64",
+                    "tags": {"env": "prod", "site": "berlin"},
+                    "reported": {"os": "Debian 12", "agent_version": "0.1.0"},
+                    "release_id": "rel_01JD3Q6R8W2M5E0B9N4T7K1XYZ",
+                    "status": "accepted",
+                    "last_seen_at": "2026-11-24T09:05:00Z",
+                    "created_at": "2026-11-20T10:00:00Z",
+                    "updated_at": "2026-11-24T09:05:00Z",
+                }
+            ]
+        },
+    )
 
     id: str
     name: str
@@ -79,6 +98,24 @@ class DeviceRead(BaseModel):
 
 class DeviceDeploymentRead(BaseModel):
     """One deployment that targeted a device, with the device's state in it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "deployment_id": "dep_01JD3Q9T1C6B2V8N4M7K5X0ABC",
+                    "deployment_name": "edge-stack 1.4.0 to production",
+                    "release_id": "rel_01JD3Q6R8W2M5E0B9N4T7K1XYZ",
+                    "priority": 10,
+                    "state": "succeeded",
+                    "detail": None,
+                    "updated_at": "2026-11-24T09:07:00Z",
+                    "deleted": False,
+                    "effective": False,
+                }
+            ]
+        }
+    )
 
     deployment_id: str
     deployment_name: str

@@ -110,7 +110,20 @@ class ReleaseUpdate(StrictModel):
 
 
 class ReleaseRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    **_EXAMPLE,
+                    "id": "rel_01JD3Q6R8W2M5E0B9N4T7K1XYZ",
+                    "created_by": "bob",
+                    "created_at": "2026-11-24T08:00:00Z",
+                    "updated_at": "2026-11-24T08:00:00Z",
+                }
+            ]
+        },
+    )
 
     id: str
     name: str
