@@ -24,6 +24,10 @@ def test_single_device_update(api: Api) -> None:
     assert body["device_id"] == "gw-ok" and body["state"] == "pending"
     deployment = api.get(f"/deployments/{body['deployment_id']}").json()
     assert deployment["target"]["device_ids"] == ["gw-ok"]
+    assert deployment["labels"] == {"fleetlift/trigger": "manual"}
+    listed = api.get("/deployments", params={"label": "fleetlift/trigger:manual"}).json()["items"]
+    assert [d["id"] for d in listed] == [body["deployment_id"]]
+    assert api.get("/deployments", params={"label": "fleetlift/trigger:other"}).json()["items"] == []
     assert deployment["device_counts"] == {"pending": 1}
 
 

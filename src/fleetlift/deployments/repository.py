@@ -37,7 +37,7 @@ from fleetlift.devices.models import Device
 from fleetlift.devices.rules import DeviceStatus
 from fleetlift.pagination import PageRequest
 from fleetlift.releases.models import Release
-from fleetlift.sqljson import in_list
+from fleetlift.sqljson import in_list, json_key_equals
 
 _TERMINAL = [state.value for state in TERMINAL]
 _FAILURES = [state.value for state in FAILURES]
@@ -229,17 +229,9 @@ def list_deployments(
         query = query.where(_status_clause(filters.status, now))
     if page.after:
         query = query.where(Deployment.id < page.after[0])
-    query = query.order_by(Deployment.id.desc())
-    if not filters.labels:
-        return session.scalars(query.limit(page.limit + 1)).all()
-    # Labels are a small JSON object per deployment; match them in Python over the streamed rows.
-    matches: list[Deployment] = []
-    for deployment in session.scalars(query).yield_per(500):
-        if all(deployment.labels.get(key) == value for key, value in filters.labels.items()):
-            matches.append(deployment)
-            if len(matches) > page.limit:
-                break
-    return matches
+    for key, value in filters.labels.items():
+        query = query.where(json_key_equals(Deployment.labels, key, value, _dialect(session)))
+    return session.scalars(query.order_by(Deployment.id.desc()).limit(page.limit + 1)).all()
 
 
 def list_deployment_devices(

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from fleetlift.deployments.models import Deployment
 from fleetlift.pagination import PageRequest
 from fleetlift.releases.models import Release
+from fleetlift.sqljson import json_array_empty_or_contains
 
 
 def get(session: Session, *, tenant_id: str, release_id: str) -> Release | None:
@@ -58,15 +59,7 @@ def list_releases(
         query = query.where(Release.name == name)
     if page.after:
         query = query.where(Release.id < page.after[0])
-    query = query.order_by(Release.id.desc())
-    if device_type is None:
-        return session.scalars(query.limit(page.limit + 1)).all()
-    # Compatibility lists are small JSON arrays; filter them in Python over a bounded window
-    # rather than writing the JSON-containment SQL twice (once per dialect).
-    matches: list[Release] = []
-    for release in session.scalars(query).yield_per(500):
-        if not release.device_types or device_type in release.device_types:
-            matches.append(release)
-            if len(matches) > page.limit:
-                break
-    return matches
+    if device_type is not None:
+        dialect = session.get_bind().dialect.name
+        query = query.where(json_array_empty_or_contains(Release.device_types, device_type, dialect))
+    return session.scalars(query.order_by(Release.id.desc()).limit(page.limit + 1)).all()

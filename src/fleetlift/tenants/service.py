@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetlift.db import transaction
@@ -10,5 +11,8 @@ from fleetlift.tenants import repository
 
 def ensure_default(sessions: sessionmaker[Session], *, tenant_id: str) -> None:
     """Make sure the default tenant exists so a fresh install needs no setup."""
-    with transaction(sessions) as session:
-        repository.ensure(session, tenant_id=tenant_id, name=tenant_id)
+    try:
+        with transaction(sessions) as session:
+            repository.ensure(session, tenant_id=tenant_id, name=tenant_id)
+    except IntegrityError:
+        pass  # another replica created it at the same moment
