@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -12,9 +14,11 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 
 from fleetlift import __version__
+from fleetlift.adapters import build_artifact_store
 from fleetlift.api import health, problems
 from fleetlift.api.deps import AuditIntent
 from fleetlift.api.middleware import RequestGuard, RequestMetrics
+from fleetlift.artifacts import routes as artifact_routes
 from fleetlift.audit import routes as audit_routes
 from fleetlift.audit import service as audit_service
 from fleetlift.auth import IssuerConfig, LocalIssuer, TokenVerifier
@@ -72,6 +76,19 @@ def local_issuer(settings: Settings) -> LocalIssuer:
     )
 
 
+def link_signing_key(settings: Settings) -> bytes:
+    """The secret that signs download links: configured, or made once under the data directory."""
+    if settings.link_signing_key is not None:
+        return settings.link_signing_key.get_secret_value().encode()
+    settings.ensure_data_dir()
+    path = settings.data_dir / "keys" / "link-signing.key"
+    if not path.exists():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
 def _audit_refusal_recorder(app: FastAPI, settings: Settings) -> Any:
     def record(request: Request, status: int, reason: str) -> None:
         intent: AuditIntent | None = getattr(request.state, "audit_intent", None)
@@ -110,6 +127,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         description=app.description,
         routes=app.routes,
         tags=[
+            {"name": "artifacts", "description": "Files devices install: upload, download, links."},
             {"name": "releases", "description": "What can be installed, and where it fits."},
             {"name": "devices", "description": "The fleet: registration, tags, inventory."},
             {"name": "deployments", "description": "A release on a target, with per-device state."},
@@ -161,9 +179,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.verifier = build_verifier(settings)
     app.state.metrics_registry = CollectorRegistry()
     app.state.audit_refusal = _audit_refusal_recorder(app, settings)
+    app.state.artifact_store = build_artifact_store(settings)
+    app.state.link_secret = link_signing_key(settings)
 
     problems.install(app)
     for router in (
+        artifact_routes.router,
         release_routes.router,
         device_routes.router,
         deployment_routes.triggers,
@@ -171,6 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit_routes.router,
     ):
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(artifact_routes.public)
     app.include_router(health.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
@@ -179,6 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_request_bytes,
         metrics=RequestMetrics(app.state.metrics_registry),
         json_prefix=API_PREFIX,
+        streaming_paths=frozenset({f"{API_PREFIX}/artifacts"}),
     )
     return app
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     oidc_issuers: list[OidcIssuerSettings] = Field(default_factory=list)
     jwks_cache_seconds: int = 3600
 
+    artifact_store: Literal["filesystem", "azure_blob", "memory"] = "filesystem"
+    artifact_dir: Path | None = None
+    azure_blob_connection_string: SecretStr | None = None
+    azure_blob_container: str = "fleetlift-artifacts"
+    artifact_max_bytes: int = 64 * 1024**3
+    download_link_ttl_seconds: int = 900
+    link_signing_key: SecretStr | None = None
+
     default_tenant: str = "default"
     max_request_bytes: int = 1024 * 1024
     page_size_default: int = 50
@@ -68,12 +76,17 @@ class Settings(BaseSettings):
         """Where the embedded issuer keeps its signing key."""
         return self.data_dir / "keys" / "local-issuer.pem"
 
+    @property
+    def artifact_root(self) -> Path:
+        """Where the filesystem artifact store keeps blobs."""
+        return self.artifact_dir or self.data_dir / "artifacts"
+
     def ensure_data_dir(self) -> None:
         """Create the data directory tree the embedded default writes into."""
         (self.data_dir / "keys").mkdir(parents=True, exist_ok=True)
 
     def public_dict(self) -> dict[str, Any]:
-        """Settings safe to print: the database password is masked."""
+        """Settings safe to print: the database password and secrets are masked."""
         values = self.model_dump(mode="json")
         url = self.resolved_database_url
         if "@" in url and "://" in url:

@@ -1,5 +1,6 @@
 """Every ORM table, imported in one place so metadata is complete for migrations and tests."""
 
+from fleetlift.artifacts.models import Artifact, Blob, ReleaseArtifact
 from fleetlift.audit.models import AuditEntry
 from fleetlift.db import Base
 from fleetlift.deployments.models import Deployment, DeploymentDevice
@@ -9,4 +10,15 @@ from fleetlift.tenants.models import Tenant
 
 metadata = Base.metadata
 
-__all__ = ["AuditEntry", "Deployment", "DeploymentDevice", "Device", "Release", "Tenant", "metadata"]
+__all__ = [
+    "Artifact",
+    "AuditEntry",
+    "Blob",
+    "Deployment",
+    "DeploymentDevice",
+    "Device",
+    "Release",
+    "ReleaseArtifact",
+    "Tenant",
+    "metadata",
+]

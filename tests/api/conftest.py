@@ -98,6 +98,18 @@ class Api:
         assert response.status_code == 201, response.text
         return response.json()
 
+    def artifact(
+        self, content: bytes, *, name: str = "firmware.bin", version: str = "1", **params: Any
+    ) -> dict[str, Any]:
+        response = self.post(
+            "/artifacts",
+            params={"name": name, "version": version, **params},
+            content=content,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert response.status_code in (200, 201), response.text
+        return response.json()
+
     def device(self, device_id: str, **overrides: Any) -> dict[str, Any]:
         body = {"id": device_id, "device_type": "gw-x1", "architecture": "arm64", "tags": {}}
         body.update(overrides)

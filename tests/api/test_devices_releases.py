@@ -82,6 +82,7 @@ def test_list_devices_by_status_tag_type_and_condition(api: Api) -> None:
 
 
 def test_release_lifecycle(api: Api) -> None:
+    firmware = api.artifact(b"\x7fELF firmware" * 100, name="fw.bin")
     body = {
         "name": "edge",
         "version": "1.0.0",
@@ -96,7 +97,7 @@ def test_release_lifecycle(api: Api) -> None:
                 "create_options": {"HostConfig": {"Privileged": False}},
                 "restart_policy": "on-failure",
             },
-            {"type": "file", "artifact_id": "art_1", "filename": "fw.bin", "sha256": "b" * 64, "size": 10},
+            {"type": "file", "artifact_id": firmware["id"]},
         ],
         "device_types": ["gw-x1"],
         "architectures": ["arm64"],
@@ -106,7 +107,13 @@ def test_release_lifecycle(api: Api) -> None:
     assert created.status_code == 201, created.text
     release = created.json()
     assert release["payloads"][0]["restart_policy"] == "on-failure"
-    assert release["payloads"][1]["type"] == "file"
+    assert release["payloads"][1] == {
+        "type": "file",
+        "artifact_id": firmware["id"],
+        "filename": "fw.bin",
+        "sha256": firmware["sha256"],
+        "size": firmware["size"],
+    }
     assert api.post("/releases", json=body).status_code == 409
     updated = api.put(
         f"/releases/{release['id']}",

@@ -20,14 +20,19 @@ def operation(
     description: str,
     errors: tuple[int, ...] = (),
     extra_permission_note: str = "",
+    request_body: dict[str, Any] | None = None,
+    responses: dict[int | str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Decorator arguments for a management operation: summary, description with the roles it
     needs, its problem responses (401 and 403 always) and the ``x-fleetlift-*`` extensions."""
     roles = roles_with(permission)
+    extensions: dict[str, Any] = {"x-fleetlift-permission": permission.value, "x-fleetlift-roles": roles}
+    if request_body is not None:
+        extensions["requestBody"] = request_body
     note = f"\n\n**Permission:** `{permission.value}` (roles: {', '.join(roles)}).{extra_permission_note}"
     return {
         "summary": summary,
         "description": description + note,
-        "responses": problem_responses(*sorted({401, 403, *errors})),
-        "openapi_extra": {"x-fleetlift-permission": permission.value, "x-fleetlift-roles": roles},
+        "responses": {**(responses or {}), **problem_responses(*sorted({401, 403, *errors}))},
+        "openapi_extra": extensions,
     }

@@ -80,9 +80,16 @@ class RequestGuard:
     """Gives each request an ID, refuses oversized and non-JSON bodies, logs and measures."""
 
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, metrics: RequestMetrics, json_prefix: str
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        metrics: RequestMetrics,
+        json_prefix: str,
+        streaming_paths: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
+        self.streaming_paths = streaming_paths
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.json_prefix = json_prefix
@@ -107,7 +114,8 @@ class RequestGuard:
         async def too_large() -> None:
             await send_problem(413, "Request body too large", f"the body exceeds {self.max_body_bytes} bytes")
 
-        if method in _BODY_METHODS and path.startswith(self.json_prefix):
+        # Streaming uploads (artifacts) carry their own media type and size limit.
+        if method in _BODY_METHODS and path.startswith(self.json_prefix) and path not in self.streaming_paths:
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 await too_large()

@@ -6,16 +6,43 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from fleetlift.artifacts import repository as artifacts
+from fleetlift.artifacts.models import ReleaseArtifact
 from fleetlift.audit import service as audit
 from fleetlift.context import Caller
 from fleetlift.db import utcnow
-from fleetlift.errors import Conflict, NotFound
+from fleetlift.errors import Conflict, FieldError, InvalidInput, NotFound
 from fleetlift.etags import check_if_match
 from fleetlift.ids import new_id
 from fleetlift.pagination import Page, PageRequest, page_of
 from fleetlift.releases import repository
 from fleetlift.releases.models import Release
 from fleetlift.releases.schemas import ReleaseCreate, ReleaseUpdate
+
+
+def _resolve_file_payloads(session: Session, caller: Caller, payloads: list[dict[str, Any]]) -> list[str]:
+    """File payloads must name uploaded artifacts; their filename, size and hash come from the
+    artifact (a hash given in the payload must agree). Returns the artifact IDs used."""
+    wanted = [p["artifact_id"] for p in payloads if p["type"] == "file"]
+    found = artifacts.get_many(session, tenant_id=caller.tenant_id, artifact_ids=wanted)
+    for index, payload in enumerate(payloads):
+        if payload["type"] != "file":
+            continue
+        where = f"body.payloads.{index}"
+        artifact = found.get(payload["artifact_id"])
+        if artifact is None:
+            raise InvalidInput(
+                f"no artifact '{payload['artifact_id']}' in this tenant; upload it first",
+                errors=[FieldError(f"{where}.artifact_id", "unknown artifact")],
+            )
+        if payload.get("sha256") not in (None, artifact.sha256):
+            raise InvalidInput(
+                f"payload {index} says sha256 {payload['sha256']} "
+                f"but artifact '{artifact.id}' has {artifact.sha256}",
+                errors=[FieldError(f"{where}.sha256", "does not match the artifact")],
+            )
+        payload.update(filename=artifact.filename, sha256=artifact.sha256, size=artifact.size)
+    return list(dict.fromkeys(wanted))
 
 
 def get(*, session: Session, caller: Caller, release_id: str) -> Release:
@@ -44,6 +71,7 @@ def create(*, session: Session, caller: Caller, data: ReleaseCreate) -> Release:
         raise Conflict(f"release '{data.name}' version '{data.version}' already exists")
     now = utcnow()
     payloads: list[dict[str, Any]] = [payload.model_dump(mode="json") for payload in data.payloads]
+    artifact_ids = _resolve_file_payloads(session, caller, payloads)
     release = Release(
         tenant_id=caller.tenant_id,
         id=new_id("rel_"),
@@ -59,6 +87,12 @@ def create(*, session: Session, caller: Caller, data: ReleaseCreate) -> Release:
         updated_at=now,
     )
     repository.add(session, release)
+    session.flush()
+    for artifact_id in artifact_ids:
+        artifacts.add(
+            session,
+            ReleaseArtifact(tenant_id=caller.tenant_id, release_id=release.id, artifact_id=artifact_id),
+        )
     audit.record(
         session,
         caller=caller,

@@ -1,0 +1,56 @@
+"""The ports: one small Protocol per kind of backend. Adapters live in ``fleetlift.adapters`` and
+are chosen in one place, ``fleetlift.adapters.build_artifact_store``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Protocol
+
+
+class BlobWriter(Protocol):
+    """One upload in progress. Nothing is visible under the key until ``commit``; ``abort`` leaves
+    nothing behind."""
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def abort(self) -> None: ...
+
+
+class ArtifactStore(Protocol):
+    """Where artifact bytes live: a filesystem, Azure Blob Storage, ...
+
+    Keys are opaque, chosen by fleetlift (``<tenant>/<id>``), never by users. Example::
+
+        writer = await store.writer("default/blob_01J...")
+        async for chunk in upload:
+            await writer.write(chunk)
+        await writer.commit()
+        async for piece in store.read("default/blob_01J...", start=100, end=199):
+            ...  # bytes 100..199 inclusive, in pieces of bounded size
+    """
+
+    name: str
+
+    async def writer(self, key: str) -> BlobWriter:
+        """Start writing a new blob under ``key``."""
+        ...
+
+    def read(self, key: str, *, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``end`` (inclusive; the last byte when None), in bounded pieces."""
+        ...
+
+    async def size(self, key: str) -> int | None:
+        """The blob's size, or None when there is no such blob."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the blob; a missing blob is not an error."""
+        ...
+
+    def direct_url(self, key: str, *, filename: str, expires_at: datetime) -> str | None:
+        """A URL a device can download from without passing through fleetlift (a SAS link), or
+        None when the store has none and fleetlift must serve the bytes itself."""
+        ...
