@@ -162,6 +162,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tenants.ensure_default(sessions, tenant_id=settings.default_tenant)
         yield
+        close = getattr(app.state.artifact_store, "close", None)
+        if close is not None:
+            await close()  # the Azure client holds HTTP connections bound to this event loop
         engine.dispose()
 
     app = FastAPI(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -32,7 +33,8 @@ class _BlockWriter:
     async def _stage(self, data: bytes) -> None:
         block_id = base64.b64encode(uuid.uuid4().bytes).decode()
         try:
-            await self.blob.stage_block(block_id, data, length=len(data))
+            # A stream, not raw bytes: aiohttp would copy a large bytes body on the event loop.
+            await self.blob.stage_block(block_id, io.BytesIO(data), length=len(data))
         except AzureError as error:
             raise _unavailable(error) from None
         self.blocks.append(block_id)
