@@ -70,7 +70,7 @@ def azurite(workdir: Path) -> Iterator[str]:
     finally:
         process.terminate()
         try:
-            process.wait(timeout=5)
+            process.wait(timeout=1)
         except subprocess.TimeoutExpired:
             # Azurite waits for idle keep-alive connections on SIGTERM; nothing of it is needed now.
             process.kill()

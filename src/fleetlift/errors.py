@@ -13,6 +13,7 @@ Domain code raises these; only the HTTP layer (``fleetlift.problems``) turns the
     │   ├── IllegalTransition   409  a state machine refused an event
     │   └── Incompatible        409  a release that does not fit a device
     ├── PreconditionFailed      412  a stale ``If-Match``
+    ├── BadGateway              502  a backend answered, but wrongly (a registry's digest that lies)
     └── BackendUnavailable      503  a database or adapter that cannot be reached
 """
 
@@ -111,6 +112,12 @@ class PreconditionFailed(FleetliftError):
     status = 412
     title = "Precondition failed"
     type_slug = "precondition-failed"
+
+
+class BadGateway(FleetliftError):
+    status = 502
+    title = "Bad gateway"
+    type_slug = "bad-gateway"
 
 
 class BackendUnavailable(FleetliftError):

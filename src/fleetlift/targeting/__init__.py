@@ -12,8 +12,10 @@ from fleetlift.targeting.rules import (
     Or,
     Path,
     Root,
+    Value,
     evaluate,
     parse_condition,
+    render,
     render_condition,
 )
 from fleetlift.targeting.sql import condition_to_sql
@@ -30,8 +32,10 @@ __all__ = [
     "Or",
     "Path",
     "Root",
+    "Value",
     "condition_to_sql",
     "evaluate",
     "parse_condition",
+    "render",
     "render_condition",
 ]

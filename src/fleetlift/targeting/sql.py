@@ -1,10 +1,33 @@
-"""Target conditions as SQL over the device table, for SQLite and PostgreSQL.
+"""Target conditions as SQL over a device table, for SQLite and PostgreSQL.
 
-Every literal and every JSON path is a bound parameter; every predicate is two-valued (a CASE
-with an ELSE), so ``NOT`` agrees with ``rules.evaluate`` exactly."""
+``condition_to_sql`` selects exactly the devices ``rules.evaluate`` matches (the semantics are in
+that module's docstring). Every JSON key and every literal is a bound parameter, never SQL text.
+Every predicate is two-valued: a comparison is ``CASE WHEN <the value has the literal's kind>
+THEN <relation> ELSE false END``, so a missing path gives false rather than NULL and ``NOT``
+means what it means in Python. The kind check also runs first, so a cast never sees a value of
+another kind.
+
+Reading the value at a path:
+- SQLite: ``json_type(col, :path)`` names the JSON type (NULL when the path is missing) and
+  ``json_extract(col, :path)`` gives the value. Each key is quoted, ``$."a"."b c"``, and escaped
+  as Python's ``json`` module (hence SQLAlchemy's JSON type) writes it: SQLite before 3.45
+  compares a path key with the raw text of the document, 3.45 and later unescape both.
+- PostgreSQL: ``col -> :k1 -> :k2`` with text keys. Not ``#>``: it takes a numeric key as an
+  array index, while a condition's keys only name object members. ``jsonb_typeof`` gives the
+  kind, ``->>`` the text, compared ``COLLATE "C"`` (code point order) or cast to numeric.
+
+Where a database cannot follow Python exactly:
+- PostgreSQL keeps JSON numbers as exact decimals while Python writes a float as its shortest
+  decimal; they agree except for a float of magnitude 2**53 or more compared with an integer
+  within its rounding error.
+- SQLite reads a JSON integer beyond 64 bits as a float.
+
+Index use: ``deviceId =``, ``IN`` and ``NOT IN`` become plain comparisons on the ID column.
+"""
 
 from __future__ import annotations
 
+import json
 import operator
 from collections.abc import Callable
 from decimal import Decimal
@@ -15,6 +38,7 @@ from sqlalchemy import (
     Numeric,
     SQLColumnExpression,
     String,
+    Text,
     and_,
     bindparam,
     case,
@@ -26,9 +50,22 @@ from sqlalchemy import (
     or_,
     true,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import JSONB
 
-from fleetlift.targeting.rules import All, And, Compare, Condition, In, Literal, Not, Op, Path, Root
+from fleetlift.targeting.rules import (
+    All,
+    And,
+    Compare,
+    Condition,
+    In,
+    Not,
+    Op,
+    Path,
+    Root,
+    Value,
+    operands,
+    value_kind,
+)
 
 _ORDERING: dict[Op, Callable[[Any, Any], ColumnElement[bool]]] = {
     Op.LT: operator.lt,
@@ -36,141 +73,162 @@ _ORDERING: dict[Op, Callable[[Any, Any], ColumnElement[bool]]] = {
     Op.LE: operator.le,
     Op.GE: operator.ge,
 }
+_SQLITE_TYPES = {"string": ["text"], "number": ["integer", "real"], "boolean": ["true", "false"]}
 
 
-def _kind(value: Literal) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, str):
-        return "string"
-    return "number"
+class _Json:
+    """How one backend reads the JSON value at a path of the tags or reported column."""
+
+    def __init__(self, columns: dict[Root, SQLColumnExpression[Any]]) -> None:
+        self.columns = columns
+
+    def kind_is(self, path: Path, kind: str) -> ColumnElement[bool]:
+        """The value exists and has ``kind``; may be NULL when it does not (only used as a guard)."""
+        raise NotImplementedError
+
+    def defined(self, path: Path) -> ColumnElement[bool]:
+        """The path exists (its value may be null, an object or an array); never NULL."""
+        raise NotImplementedError
+
+    def scalar(self, path: Path, kind: str) -> ColumnElement[Any]:
+        """The value as SQL of ``kind``; only meaningful where ``kind_is`` holds."""
+        raise NotImplementedError
+
+    def bind(self, value: Value) -> Any:
+        """A literal as the Python value to bind against ``scalar``."""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return value
+
+    def id_ordered(self, device_id: SQLColumnExpression[Any]) -> SQLColumnExpression[Any]:
+        """The ID column as compared by ``<`` and friends: by code point."""
+        return device_id
+
+
+class _SqliteJson(_Json):
+    def _path(self, path: Path) -> ColumnElement[str]:
+        # json.dumps escapes the key exactly as it is stored; the parser refuses '"' in keys.
+        text = "$" + "".join(f'."{json.dumps(key)[1:-1]}"' for key in path.keys)
+        return bindparam(None, text, type_=String)
+
+    def _type(self, path: Path) -> ColumnElement[str]:
+        return func.json_type(self.columns[path.root], self._path(path))
+
+    def kind_is(self, path: Path, kind: str) -> ColumnElement[bool]:
+        return self._type(path).in_(_SQLITE_TYPES[kind])
+
+    def defined(self, path: Path) -> ColumnElement[bool]:
+        return self._type(path).is_not(None)
+
+    def scalar(self, path: Path, kind: str) -> ColumnElement[Any]:
+        if kind == "boolean":
+            return self._type(path)  # 'true' or 'false'
+        # BINARY collation: UTF-8 byte order, which is code point order.
+        return func.json_extract(self.columns[path.root], self._path(path))
+
+
+class _PostgresJson(_Json):
+    def _step(self, value: SQLColumnExpression[Any], key: str, op: str) -> ColumnElement[Any]:
+        return value.op(op, return_type=JSONB if op == "->" else Text)(
+            cast(bindparam(None, key, type_=Text), Text)
+        )
+
+    def _value(self, path: Path) -> ColumnElement[Any]:
+        value: SQLColumnExpression[Any] = self.columns[path.root]
+        for key in path.keys:
+            value = self._step(value, key, "->")
+        assert isinstance(value, ColumnElement)
+        return value
+
+    def _text(self, path: Path) -> ColumnElement[Any]:
+        value: SQLColumnExpression[Any] = self.columns[path.root]
+        for key in path.keys[:-1]:
+            value = self._step(value, key, "->")
+        return self._step(value, path.keys[-1], "->>")
+
+    def kind_is(self, path: Path, kind: str) -> ColumnElement[bool]:
+        return func.jsonb_typeof(self._value(path)) == kind
+
+    def defined(self, path: Path) -> ColumnElement[bool]:
+        # JSON null is the jsonb value 'null', not SQL NULL: it counts as defined.
+        return self._value(path).is_not(None)
+
+    def scalar(self, path: Path, kind: str) -> ColumnElement[Any]:
+        if kind == "number":
+            return cast(self._text(path), Numeric)
+        if kind == "string":
+            return self._text(path).collate("C")
+        return self._text(path)  # 'true' or 'false'
+
+    def bind(self, value: Value) -> Any:
+        if isinstance(value, float):
+            # The shortest decimal, as Python's json writes floats into the documents.
+            return Decimal(repr(value))
+        return super().bind(value)
+
+    def id_ordered(self, device_id: SQLColumnExpression[Any]) -> SQLColumnExpression[Any]:
+        return device_id.collate("C")
 
 
 class _Compiler:
-    def __init__(
-        self,
-        *,
-        device_id: SQLColumnExpression[Any],
-        tags: SQLColumnExpression[Any],
-        reported: SQLColumnExpression[Any],
-        dialect: str,
-    ) -> None:
-        if dialect not in ("sqlite", "postgresql"):
-            raise ValueError(f"target conditions cannot be compiled for {dialect!r}")
+    def __init__(self, json_reader: _Json, device_id: SQLColumnExpression[Any]) -> None:
+        self.json = json_reader
         self.device_id = device_id
-        self.columns = {Root.TAGS: tags, Root.REPORTED: reported}
-        self.postgres = dialect == "postgresql"
 
-    # Helpers that read one JSON value ----------------------------------------------------------
+    def _holds(self, path: Path, kind: str, relation: ColumnElement[bool]) -> ColumnElement[bool]:
+        return case((self.json.kind_is(path, kind), relation), else_=false())
 
-    def _pg_value(self, path: Path) -> ColumnElement[Any]:
-        keys = bindparam(None, list(path.keys), type_=ARRAY(String))
-        return self.columns[path.root].op("#>", return_type=JSONB)(keys)
+    def _equal(self, path: Path, value: Value) -> ColumnElement[bool]:
+        kind = str(value_kind(value))
+        return self._holds(path, kind, self.json.scalar(path, kind) == self.json.bind(value))
 
-    def _pg_text(self, path: Path) -> ColumnElement[str]:
-        keys = bindparam(None, list(path.keys), type_=ARRAY(String))
-        return self.columns[path.root].op("#>>", return_type=String)(keys)
-
-    def _sqlite_path(self, path: Path) -> ColumnElement[str]:
-        return bindparam(None, "$" + "".join(f'."{key}"' for key in path.keys), type_=String)
-
-    def _type_is(self, path: Path, kind: str) -> ColumnElement[bool]:
-        """The JSON value at ``path`` exists and has the literal kind ``kind``."""
-        if self.postgres:
-            return func.jsonb_typeof(self._pg_value(path)) == kind
-        names = {"string": ["text"], "number": ["integer", "real"], "boolean": ["true", "false"]}[kind]
-        return func.json_type(self.columns[path.root], self._sqlite_path(path)).in_(names)
-
-    def _defined(self, path: Path) -> ColumnElement[bool]:
-        if self.postgres:
-            return self._pg_value(path).is_not(None)
-        return func.json_type(self.columns[path.root], self._sqlite_path(path)).is_not(None)
-
-    def _typed(self, path: Path, kind: str) -> ColumnElement[Any]:
-        """The value at ``path`` as SQL of ``kind``; only read where ``_type_is`` holds."""
-        if self.postgres:
-            text = self._pg_text(path)
-            if kind == "number":
-                return cast(text, Numeric)
-            return text.collate("C") if kind == "string" else text
-        if kind == "boolean":
-            return func.json_type(self.columns[path.root], self._sqlite_path(path))
-        return func.json_extract(self.columns[path.root], self._sqlite_path(path))
-
-    def _literal(self, value: Literal) -> ColumnElement[Any]:
-        if isinstance(value, bool):
-            return literal("true" if value else "false", String)
-        if isinstance(value, str):
-            return literal(value, String)
-        if self.postgres:
-            # Exact decimal of the literal, so numeric comparison matches Python's float order.
-            return literal(Decimal(repr(value)) if isinstance(value, float) else value, Numeric)
-        return literal(value)
-
-    @staticmethod
-    def _guarded(guard: ColumnElement[bool], predicate: ColumnElement[bool]) -> ColumnElement[bool]:
-        # CASE evaluates the guard first, so a cast never sees a value of the wrong type, and
-        # the ELSE makes the result false rather than NULL.
-        return case((guard, predicate), else_=false())
-
-    # Conditions ---------------------------------------------------------------------------------
-
-    def _equal(self, path: Path, value: Literal) -> ColumnElement[bool]:
-        kind = _kind(value)
+    def _compare(self, condition: Compare) -> ColumnElement[bool]:
+        path, op, value = condition.path, condition.op, condition.value
         if path.root is Root.DEVICE_ID:
-            return self.device_id == value if kind == "string" else false()
-        return self._guarded(self._type_is(path, kind), self._typed(path, kind) == self._literal(value))
+            if not isinstance(value, str):
+                return true() if op is Op.NE else false()
+            if op is Op.EQ:
+                return self.device_id == value
+            if op is Op.NE:
+                return self.device_id != value
+            return _ORDERING[op](self.json.id_ordered(self.device_id), literal(value, String))
+        if op is Op.EQ:
+            return self._equal(path, value)
+        if op is Op.NE:
+            return and_(self.json.defined(path), not_(self._equal(path, value)))
+        kind = str(value_kind(value))
+        relation = _ORDERING[op](self.json.scalar(path, kind), self.json.bind(value))
+        return self._holds(path, kind, relation)
 
-    def _member(self, path: Path, values: tuple[Literal, ...]) -> ColumnElement[bool]:
+    def _in(self, condition: In) -> ColumnElement[bool]:
+        path = condition.path
         if path.root is Root.DEVICE_ID:
-            strings = [v for v in values if isinstance(v, str)]
-            return self.device_id.in_(strings) if strings else false()
-        by_kind: dict[str, list[Literal]] = {}
-        for value in values:
-            by_kind.setdefault(_kind(value), []).append(value)
-        return or_(
+            strings = [value for value in condition.values if isinstance(value, str)]
+            listed = self.device_id.in_(strings) if strings else false()
+            return not_(listed) if condition.negated else listed
+        by_kind: dict[str, list[Any]] = {}
+        for value in condition.values:
+            by_kind.setdefault(str(value_kind(value)), []).append(self.json.bind(value))
+        member = or_(
             *(
-                self._guarded(
-                    self._type_is(path, kind),
-                    self._typed(path, kind).in_([self._literal(v) for v in members]),
-                )
-                for kind, members in by_kind.items()
+                self._holds(path, kind, self.json.scalar(path, kind).in_(values))
+                for kind, values in by_kind.items()
             )
         )
+        return and_(self.json.defined(path), not_(member)) if condition.negated else member
 
     def compile(self, condition: Condition) -> ColumnElement[bool]:
         if isinstance(condition, All):
             return true()
         if isinstance(condition, Compare):
-            path, value = condition.path, condition.value
-            if condition.op is Op.EQ:
-                return self._equal(path, value)
-            if condition.op is Op.NE:
-                if path.root is Root.DEVICE_ID:
-                    return self.device_id != value if isinstance(value, str) else true()
-                return self._guarded(self._defined(path), not_(self._equal(path, value)))
-            compare = _ORDERING[condition.op]
-            if path.root is Root.DEVICE_ID:
-                if not isinstance(value, str):
-                    return false()
-                column = self.device_id.collate("C") if self.postgres else self.device_id
-                return compare(column, literal(value, String))
-            kind = _kind(value)
-            return self._guarded(
-                self._type_is(path, kind), compare(self._typed(path, kind), self._literal(value))
-            )
+            return self._compare(condition)
         if isinstance(condition, In):
-            member = self._member(condition.path, condition.values)
-            if not condition.negated:
-                return member
-            if condition.path.root is Root.DEVICE_ID:
-                return not_(member)
-            return self._guarded(self._defined(condition.path), not_(member))
+            return self._in(condition)
         if isinstance(condition, Not):
             return not_(self.compile(condition.operand))
-        if isinstance(condition, And):
-            return and_(self.compile(condition.left), self.compile(condition.right))
-        return or_(self.compile(condition.left), self.compile(condition.right))
+        # Flattened, so a long chain of ANDs or ORs does not become a deep tree of SQL.
+        parts = [self.compile(operand) for operand in operands(condition)]
+        return and_(*parts) if isinstance(condition, And) else or_(*parts)
 
 
 def condition_to_sql(
@@ -181,8 +239,16 @@ def condition_to_sql(
     reported: SQLColumnExpression[Any],
     dialect: str,
 ) -> ColumnElement[bool]:
-    """A boolean SQL expression selecting the devices ``condition`` matches."""
-    return _Compiler(device_id=device_id, tags=tags, reported=reported, dialect=dialect).compile(condition)
+    """A two-valued SQL expression that selects the devices ``condition`` matches."""
+    columns = {Root.TAGS: tags, Root.REPORTED: reported}
+    reader: _Json
+    if dialect == "sqlite":
+        reader = _SqliteJson(columns)
+    elif dialect == "postgresql":
+        reader = _PostgresJson(columns)
+    else:
+        raise ValueError(f"target conditions cannot be compiled for the {dialect!r} dialect")
+    return _Compiler(reader, device_id).compile(condition)
 
 
 __all__ = ["condition_to_sql"]

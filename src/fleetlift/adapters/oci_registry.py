@@ -1,0 +1,238 @@
+"""A client of the OCI Distribution API over httpx: manifests and blobs, verified by digest,
+with anonymous, basic and bearer-token authentication."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from fleetlift.errors import BackendUnavailable, BadGateway, FieldError, InvalidInput
+from fleetlift.images.rules import (
+    ACCEPTED_MANIFESTS,
+    Credentials,
+    ImageManifest,
+    ImageRef,
+    Index,
+    ManifestError,
+    Platform,
+    config_platform,
+    digest_of,
+    parse_challenge,
+    parse_manifest,
+    registry_host,
+    select_platform,
+)
+
+log = logging.getLogger("fleetlift.registry")
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # the distribution spec's limit; more is an attack or a bug
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+
+
+class ImageNotFound(InvalidInput):
+    type_slug = "image-not-found"
+    title = "Image not found"
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    content: bytes
+    media_type: str
+    digest: str
+    document: Index | ImageManifest
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """What a reference points at now: the digest to pin, and the platforms it offers."""
+
+    ref: ImageRef
+    digest: str
+    media_type: str
+    platforms: tuple[Platform, ...]
+    manifest_digests: dict[str, str] = field(default_factory=dict)  # platform -> manifest digest
+
+
+@dataclass
+class _Token:
+    value: str
+    expires_at: float
+
+
+class OciRegistryClient:
+    """Reads images from any registry that speaks the OCI Distribution API."""
+
+    def __init__(
+        self,
+        *,
+        credentials: Callable[[str], Credentials | None] = lambda registry: None,
+        plain_http: frozenset[str] = frozenset(),
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.plain_http = plain_http
+        self.http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=True)
+        self.tokens: dict[tuple[str, str], _Token] = {}
+        self.basic: set[str] = set()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    def _base(self, registry: str) -> str:
+        host = registry_host(registry)
+        local = host.startswith(("127.", "localhost")) or host.split(":")[0] in ("localhost", "::1")
+        scheme = "http" if local or registry in self.plain_http else "https"
+        return f"{scheme}://{host}/v2"
+
+    async def _get(self, ref: ImageRef, path: str, headers: dict[str, str]) -> httpx.Response:
+        """GET with whatever authentication the registry asks for, retried once after a challenge."""
+        scope = f"repository:{ref.repository}:pull"
+        url = f"{self._base(ref.registry)}/{ref.repository}/{path}"
+        for attempt in (1, 2):
+            request_headers = dict(headers)
+            authorization = self._authorization(ref.registry, scope)
+            if authorization:
+                request_headers["Authorization"] = authorization
+            try:
+                response = await self.http.get(url, headers=request_headers)
+            except httpx.TimeoutException:
+                raise BackendUnavailable(f"registry {ref.registry} did not answer in time") from None
+            except httpx.TransportError as error:
+                raise BackendUnavailable(
+                    f"registry {ref.registry} cannot be reached: {type(error).__name__}"
+                ) from None
+            if response.status_code != 401 or attempt == 2:
+                return response
+            await self._answer_challenge(ref.registry, scope, response.headers.get("www-authenticate", ""))
+        raise AssertionError("unreachable")
+
+    def _authorization(self, registry: str, scope: str) -> str | None:
+        token = self.tokens.get((registry, scope))
+        if token is not None and token.expires_at > time.monotonic():
+            return f"Bearer {token.value}"
+        if registry in self.basic:
+            credentials = self.credentials(registry)
+            if credentials is not None:
+                pair = f"{credentials.username}:{credentials.password}".encode()
+                return "Basic " + base64.b64encode(pair).decode()
+        return None
+
+    async def _answer_challenge(self, registry: str, scope: str, header: str) -> None:
+        challenge = parse_challenge(header)
+        credentials = self.credentials(registry)
+        if challenge.scheme == "basic":
+            if credentials is None:
+                raise BadGateway(f"registry {registry} needs credentials and none are configured for it")
+            self.basic.add(registry)
+            return
+        if challenge.scheme != "bearer" or "realm" not in challenge.params:
+            raise BadGateway(
+                f"registry {registry} asks for an authentication scheme fleetlift does not speak"
+            )
+        params = {"scope": challenge.params.get("scope", scope)}
+        if "service" in challenge.params:
+            params["service"] = challenge.params["service"]
+        auth = None if credentials is None else httpx.BasicAuth(credentials.username, credentials.password)
+        try:
+            response = await self.http.get(challenge.params["realm"], params=params, auth=auth)
+        except httpx.HTTPError:
+            raise BackendUnavailable(f"the token service of registry {registry} cannot be reached") from None
+        if response.status_code in (401, 403):
+            raise BadGateway(f"the token service of registry {registry} refused the configured credentials")
+        if response.status_code != 200:
+            raise BadGateway(f"the token service of registry {registry} answered {response.status_code}")
+        body = response.json()
+        value = body.get("token") or body.get("access_token")
+        if not isinstance(value, str) or not value:
+            raise BadGateway(f"the token service of registry {registry} sent no token")
+        lifetime = body.get("expires_in") if isinstance(body.get("expires_in"), int) else 60
+        # Refresh a little early so a token never expires between check and use.
+        self.tokens[(registry, scope)] = _Token(value, time.monotonic() + max(lifetime - 10, 1))
+
+    async def manifest(self, ref: ImageRef, reference: str | None = None) -> FetchedManifest:
+        """A manifest or index by tag or digest, its digest computed from the bytes received."""
+        wanted = reference or ref.reference
+        response = await self._get(ref, f"manifests/{wanted}", {"Accept": ", ".join(ACCEPTED_MANIFESTS)})
+        if response.status_code == 404:
+            raise ImageNotFound(
+                f"image {ref.registry}/{ref.repository}:{wanted} does not exist",
+                errors=[FieldError("image", "no such tag or digest in the registry")],
+            )
+        if response.status_code == 401:
+            raise BadGateway(f"registry {ref.registry} refused access to {ref.repository}")
+        if response.status_code != 200:
+            raise BadGateway(f"registry {ref.registry} answered {response.status_code} for {ref.repository}")
+        content = response.content
+        if len(content) > MAX_MANIFEST_BYTES:
+            raise BadGateway(
+                f"registry {ref.registry} sent a manifest larger than {MAX_MANIFEST_BYTES} bytes"
+            )
+        digest = digest_of(content)
+        claimed = response.headers.get("docker-content-digest")
+        # The registry's header is a claim; the bytes are the truth.
+        if claimed is not None and claimed != digest:
+            raise BadGateway(
+                f"registry {ref.registry} says {ref.repository}:{wanted} is {claimed}, "
+                f"but its bytes hash to {digest}"
+            )
+        if wanted.startswith("sha256:") and wanted != digest:
+            raise BadGateway(
+                f"registry {ref.registry} answered {wanted} with content that hashes to {digest}"
+            )
+        media_type = response.headers.get("content-type", "").split(";")[0].strip()
+        try:
+            document = parse_manifest(content, media_type)
+        except ManifestError as error:
+            raise BadGateway(f"{ref}: {error}") from None
+        return FetchedManifest(content, document.media_type, digest, document)
+
+    async def blob_json(self, ref: ImageRef, digest: str) -> dict[str, Any]:
+        """A small JSON blob (an image config), checked against its digest."""
+        response = await self._get(ref, f"blobs/{digest}", {})
+        if response.status_code != 200:
+            raise BadGateway(f"registry {ref.registry} answered {response.status_code} for blob {digest}")
+        content = response.content
+        if len(content) > MAX_CONFIG_BYTES or digest_of(content) != digest:
+            raise BadGateway(f"registry {ref.registry} sent blob content that does not match {digest}")
+        try:
+            document = json.loads(content)
+        except ValueError:
+            raise BadGateway(f"blob {digest} is not JSON") from None
+        if not isinstance(document, dict):
+            raise BadGateway(f"blob {digest} is not a JSON object")
+        return document
+
+    async def resolve(self, ref: ImageRef) -> ResolvedImage:
+        """The digest a reference points at now, and every platform it offers."""
+        top = await self.manifest(ref)
+        if isinstance(top.document, Index):
+            platforms = tuple(d.platform for d in top.document.manifests if d.platform is not None)
+            digests = {str(d.platform): d.digest for d in top.document.manifests if d.platform is not None}
+            return ResolvedImage(ref.pinned(top.digest), top.digest, top.media_type, platforms, digests)
+        config = await self.blob_json(ref, top.document.config.digest)
+        platform = config_platform(config)
+        return ResolvedImage(
+            ref.pinned(top.digest), top.digest, top.media_type, (platform,), {str(platform): top.digest}
+        )
+
+    async def config_for(self, ref: ImageRef, device: Platform) -> tuple[str, dict[str, Any]] | None:
+        """The manifest digest and image config a device of ``device`` platform would run, or
+        None when the image has nothing for it."""
+        top = await self.manifest(ref)
+        manifest = top
+        if isinstance(top.document, Index):
+            chosen = select_platform(top.document, device)
+            if chosen is None:
+                return None
+            manifest = await self.manifest(ref, chosen.digest)
+        if not isinstance(manifest.document, ImageManifest):
+            raise BadGateway(f"{ref}: an index inside an index is not supported")
+        return manifest.digest, await self.blob_json(ref, manifest.document.config.digest)
