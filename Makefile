@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint openapi bench-targeting clean
+.PHONY: run test lint openapi bench-targeting bench-download clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,7 @@ run: $(VENV)/.installed-run
 	exec $(BIN)/fleetlift serve --no-migrate
 
 test: $(VENV)/.installed-test node_modules/.installed
+	scripts/install-test-tools.sh
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy --strict src/fleetlift

@@ -72,7 +72,12 @@ def parse_image_reference(text: str) -> ImageRef:
     registry, repository = match.group("registry"), match.group("repository")
     # Docker's rule: the first component is a registry only if it looks like a host.
     if registry is not None and not ("." in registry or ":" in registry or registry == "localhost"):
-        repository = f"{registry.lower()}/{repository}"
+        if not re.fullmatch(_COMPONENT, registry):
+            raise InvalidInput(
+                f"'{text[:200]}' is not an image reference: repository names are lower case",
+                errors=[FieldError("image", "not an image reference")],
+            )
+        repository = f"{registry}/{repository}"
         registry = None
     if registry is None:
         registry = DOCKER_HUB
@@ -289,7 +294,7 @@ def credentials_from_docker_config(config: Mapping[str, Any], registry: str) -> 
             continue
         if isinstance(entry.get("auth"), str) and entry["auth"]:
             try:
-                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                user, _, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 continue
             return Credentials(user, password)
