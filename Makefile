@@ -45,5 +45,8 @@ openapi: $(VENV)/.installed-test
 bench-targeting: $(VENV)/.installed-test
 	$(BIN)/python bench/targeting.py
 
+bench-download: $(VENV)/.installed-test
+	$(BIN)/python bench/download.py
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

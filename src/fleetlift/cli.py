@@ -46,6 +46,9 @@ def serve(
     migrate_first: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Apply migrations first.")
     ] = True,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Server processes (each reads FLEETLIFT_* itself).")
+    ] = 1,
 ) -> None:
     """Run the server."""
     import uvicorn
@@ -65,6 +68,18 @@ def serve(
         f"  admin token:  .venv/bin/fleetlift token create --role admin --subject you",
         err=True,
     )
+    if workers > 1:
+        # Several processes need an importable factory; each reads the same FLEETLIFT_* settings.
+        uvicorn.run(
+            "fleetlift.app:create_app",
+            factory=True,
+            workers=workers,
+            host=bind_host,
+            port=bind_port,
+            log_level="warning",
+            access_log=False,
+        )
+        return
     uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="warning", access_log=False)
 
 

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     artifact_max_bytes: int = 64 * 1024**3
     download_link_ttl_seconds: int = 900
     link_signing_key: SecretStr | None = None
+    # Behind nginx: answer downloads with X-Accel-Redirect to this internal location and let nginx
+    # send the file (filesystem store only). See docs/operations.md.
+    accel_redirect_prefix: str | None = None
 
     default_tenant: str = "default"
     max_request_bytes: int = 1024 * 1024

@@ -7,7 +7,14 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from fleetlift.app import create_app, local_issuer
+from fleetlift.auth import Role
+from fleetlift.config import Settings
 
 from .conftest import Api
 
@@ -176,3 +183,20 @@ def test_artifact_permissions(api: Api) -> None:
         headers=OCTETS,
     )
     assert operator_upload.status_code == 403
+
+
+def test_downloads_can_be_offloaded_to_nginx(sqlite_settings: Settings) -> None:
+    settings = sqlite_settings.model_copy(update={"accel_redirect_prefix": "/_fleetlift_blobs/"})
+    app = create_app(settings)
+    token = local_issuer(settings).issue("alice", [Role.ADMIN], timedelta(minutes=5))
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:
+        artifact = client.post(
+            "/api/v1/artifacts", params={"name": "x.bin", "version": "accel"}, content=b"abc", headers=OCTETS
+        ).json()
+        response = client.get(f"/api/v1/artifacts/{artifact['id']}/download", headers={"Range": "bytes=1-"})
+    assert response.status_code == 200 and response.content == b""
+    redirect = response.headers["X-Accel-Redirect"]
+    assert redirect.startswith("/_fleetlift_blobs/default/blob_")
+    stored = Path(settings.artifact_root) / redirect.removeprefix("/_fleetlift_blobs/")
+    assert stored.read_bytes() == b"abc"
+    assert response.headers["ETag"] == f'"sha256:{artifact["sha256"]}"'

@@ -15,6 +15,18 @@ def get(session: Session, *, tenant_id: str, artifact_id: str) -> Artifact | Non
     return session.get(Artifact, (tenant_id, artifact_id))
 
 
+def get_with_storage_key(
+    session: Session, *, tenant_id: str, artifact_id: str
+) -> tuple[Artifact, str] | None:
+    """An artifact and where its bytes are stored, in one query (the download hot path)."""
+    row = session.execute(
+        select(Artifact, Blob.storage_key)
+        .join(Blob, (Blob.tenant_id == Artifact.tenant_id) & (Blob.sha256 == Artifact.sha256))
+        .where(Artifact.tenant_id == tenant_id, Artifact.id == artifact_id)
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
 def get_many(session: Session, *, tenant_id: str, artifact_ids: Sequence[str]) -> dict[str, Artifact]:
     rows = session.scalars(
         select(Artifact).where(Artifact.tenant_id == tenant_id, Artifact.id.in_(artifact_ids))

@@ -14,7 +14,6 @@ from fleetlift.api.common import Page
 from fleetlift.api.deps import AuditIntent, IfMatch, PageDep, SessionDep, permit
 from fleetlift.api.docs import operation
 from fleetlift.artifacts import service
-from fleetlift.artifacts.models import Artifact
 from fleetlift.artifacts.rules import ArtifactKind, check_file_name
 from fleetlift.artifacts.schemas import ArtifactKindName, ArtifactRead, DownloadLink
 from fleetlift.auth import Permission
@@ -187,21 +186,21 @@ async def delete_artifact(
 )
 async def download_artifact(artifact_id: str, request: Request, caller: Reader) -> Response:
     state = request.app.state
-    artifact = await _load(request, caller, artifact_id)
+    stored = await _load(request, caller, artifact_id)
     download = await service.download(
-        sessions=state.sessions,
         store=state.artifact_store,
-        artifact=artifact,
+        stored=stored,
         range_header=request.headers.get("range"),
         if_range=request.headers.get("if-range"),
+        accel_redirect_prefix=state.settings.accel_redirect_prefix,
     )
     return _stream(download)
 
 
-async def _load(request: Request, caller: Caller, artifact_id: str) -> Artifact:
-    def load() -> Artifact:
+async def _load(request: Request, caller: Caller, artifact_id: str) -> service.StoredArtifact:
+    def load() -> service.StoredArtifact:
         with request.app.state.sessions() as session:
-            return service.get(session=session, caller=caller, artifact_id=artifact_id)
+            return service.get_stored(session=session, caller=caller, artifact_id=artifact_id)
 
     return await anyio.to_thread.run_sync(load)
 
@@ -220,11 +219,11 @@ async def _load(request: Request, caller: Caller, artifact_id: str) -> Artifact:
 )
 async def make_link(artifact_id: str, request: Request, caller: Reader) -> DownloadLink:
     state = request.app.state
-    artifact = await _load(request, caller, artifact_id)
-    url, expires_at = await service.download_link(
-        sessions=state.sessions,
+    stored = await _load(request, caller, artifact_id)
+    artifact = stored.artifact
+    url, expires_at = service.download_link(
         store=state.artifact_store,
-        artifact=artifact,
+        stored=stored,
         secret=state.link_secret,
         ttl=timedelta(seconds=state.settings.download_link_ttl_seconds),
         now=utcnow(),
@@ -249,9 +248,9 @@ async def download_by_link(
 ) -> Response:
     state = request.app.state
 
-    def load() -> Artifact:
+    def load() -> service.StoredArtifact:
         with state.sessions() as session:
-            return service.artifact_for_link(
+            return service.stored_for_link(
                 session=session,
                 secret=state.link_secret,
                 tenant_id=tenant_id,
@@ -261,12 +260,12 @@ async def download_by_link(
                 now=int(time.time()),
             )
 
-    artifact = await anyio.to_thread.run_sync(load)
+    stored = await anyio.to_thread.run_sync(load)
     download = await service.download(
-        sessions=state.sessions,
         store=state.artifact_store,
-        artifact=artifact,
+        stored=stored,
         range_header=request.headers.get("range"),
         if_range=request.headers.get("if-range"),
+        accel_redirect_prefix=state.settings.accel_redirect_prefix,
     )
     return _stream(download)

@@ -226,24 +226,33 @@ def etag_of(artifact: Artifact) -> str:
     return f'"sha256:{artifact.sha256}"'
 
 
-def _storage_key(sessions: sessionmaker[Session], artifact: Artifact) -> str:
-    with sessions() as session:
-        blob = repository.get_blob(session, tenant_id=artifact.tenant_id, sha256=artifact.sha256)
-        if blob is None:
-            raise NotFound(f"the bytes of artifact '{artifact.id}' are missing")
-        return blob.storage_key
+@dataclass(frozen=True)
+class StoredArtifact:
+    """An artifact with the key of its bytes in the store."""
+
+    artifact: Artifact
+    storage_key: str
+
+
+def get_stored(*, session: Session, caller: Caller, artifact_id: str) -> StoredArtifact:
+    """An artifact of the caller's tenant, ready to download."""
+    found = repository.get_with_storage_key(session, tenant_id=caller.tenant_id, artifact_id=artifact_id)
+    if found is None:
+        raise NotFound(f"no artifact '{artifact_id}' in this tenant")
+    return StoredArtifact(*found)
 
 
 async def download(
     *,
-    sessions: sessionmaker[Session],
     store: ArtifactStore,
-    artifact: Artifact,
+    stored: StoredArtifact,
     range_header: str | None,
     if_range: str | None,
+    accel_redirect_prefix: str | None = None,
 ) -> Download:
-    """The full file, or the one byte range asked for (honouring ``If-Range``), streamed."""
-    key = await _in_thread(partial(_storage_key, sessions, artifact))
+    """The full file, or the one byte range asked for (honouring ``If-Range``), streamed; or,
+    behind nginx, an ``X-Accel-Redirect`` that lets nginx send the stored file itself."""
+    artifact, key = stored.artifact, stored.storage_key
     etag = etag_of(artifact)
     headers = {
         "ETag": etag,
@@ -252,6 +261,11 @@ async def download(
         "Content-Disposition": f'attachment; filename="{artifact.filename}"',
         "Digest": f"sha-256={_b64_hex(artifact.sha256)}",
     }
+    if accel_redirect_prefix is not None and store.name == "filesystem":
+        # nginx answers Range and If-Range for the internal location itself.
+        return Download(
+            200, {**headers, "X-Accel-Redirect": accel_redirect_prefix.rstrip("/") + "/" + key}, None
+        )
     wanted: ByteRange | None = None
     if if_range is None or if_range.strip() == etag:
         try:
@@ -275,11 +289,10 @@ def link_resource(artifact: Artifact) -> str:
     return f"{artifact.tenant_id}/{artifact.id}"
 
 
-async def download_link(
+def download_link(
     *,
-    sessions: sessionmaker[Session],
     store: ArtifactStore,
-    artifact: Artifact,
+    stored: StoredArtifact,
     secret: bytes,
     ttl: timedelta,
     now: datetime,
@@ -287,8 +300,8 @@ async def download_link(
     """A short-lived link: straight to the blob store when it can sign one (SAS), else a
     fleetlift URL carrying an HMAC over the artifact and the expiry."""
     expires_at = now + ttl
-    key = await _in_thread(partial(_storage_key, sessions, artifact))
-    direct = store.direct_url(key, filename=artifact.filename, expires_at=expires_at)
+    artifact = stored.artifact
+    direct = store.direct_url(stored.storage_key, filename=artifact.filename, expires_at=expires_at)
     if direct is not None:
         return direct, expires_at
     expires = int(expires_at.timestamp())
@@ -296,7 +309,7 @@ async def download_link(
     return f"/downloads/v1/{link_resource(artifact)}?expires={expires}&signature={signature}", expires_at
 
 
-def artifact_for_link(
+def stored_for_link(
     *,
     session: Session,
     secret: bytes,
@@ -305,11 +318,11 @@ def artifact_for_link(
     expires: int,
     signature: str,
     now: int,
-) -> Artifact:
+) -> StoredArtifact:
     """The artifact a signed link names; any doubt about the link is a 403 that says only that."""
     if not rules.link_is_valid(secret, f"{tenant_id}/{artifact_id}", expires, signature, now):
         raise Forbidden("the download link is invalid or has expired")
-    artifact = repository.get(session, tenant_id=tenant_id, artifact_id=artifact_id)
-    if artifact is None:
+    found = repository.get_with_storage_key(session, tenant_id=tenant_id, artifact_id=artifact_id)
+    if found is None:
         raise NotFound("the artifact of this link no longer exists")
-    return artifact
+    return StoredArtifact(*found)
