@@ -14,7 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 
 from fleetlift import __version__
-from fleetlift.adapters import build_artifact_store
+from fleetlift.adapters import build_artifact_store, build_image_registry
 from fleetlift.api import health, problems
 from fleetlift.api.deps import AuditIntent
 from fleetlift.api.middleware import RequestGuard, RequestMetrics
@@ -162,9 +162,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tenants.ensure_default(sessions, tenant_id=settings.default_tenant)
         yield
-        close = getattr(app.state.artifact_store, "close", None)
-        if close is not None:
-            await close()  # the Azure client holds HTTP connections bound to this event loop
+        for client in (app.state.artifact_store, app.state.image_registry):
+            close = getattr(client, "close", None)
+            if close is not None:
+                await close()  # HTTP clients hold connections bound to this event loop
         engine.dispose()
 
     app = FastAPI(
@@ -183,6 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_registry = CollectorRegistry()
     app.state.audit_refusal = _audit_refusal_recorder(app, settings)
     app.state.artifact_store = build_artifact_store(settings)
+    app.state.image_registry = build_image_registry(settings)
     app.state.link_secret = link_signing_key(settings)
 
     problems.install(app)

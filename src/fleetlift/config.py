@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     artifact_max_bytes: int = 64 * 1024**3
     download_link_ttl_seconds: int = 900
     link_signing_key: SecretStr | None = None
+    registry_auth_file: Path | None = None  # a Docker config.json with registry credentials
+    registry_plain_http: list[str] = Field(default_factory=list)  # registries spoken to without TLS
+    registry_timeout_seconds: float = 10.0
     # Behind nginx: answer downloads with X-Accel-Redirect to this internal location and let nginx
     # send the file (filesystem store only). See docs/operations.md.
     accel_redirect_prefix: str | None = None

@@ -5,7 +5,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from fleetlift.images.rules import ImageRef, ResolvedImage
+
+
+class ImageRegistry(Protocol):
+    """Reads container images from OCI registries. Example::
+
+    resolved = await registry.resolve(parse_image_reference("ghcr.io/acme/app:1.4"))
+    resolved.digest      # "sha256:..." of the manifest or index bytes, computed, not trusted
+    resolved.platforms   # (Platform("linux", "arm64", "v8"), ...)
+    """
+
+    async def resolve(self, ref: ImageRef) -> ResolvedImage:
+        """The digest a reference points at now and the platforms it offers."""
+        ...
 
 
 class BlobWriter(Protocol):

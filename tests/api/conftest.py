@@ -86,10 +86,14 @@ class Api:
 
     # Builders for the common fixtures of a test.
     def release(self, **overrides: Any) -> dict[str, Any]:
+        """A release of one file artifact: it validates without a registry, so it can be deployed."""
+        version = uuid.uuid4().hex[:8]
+        if "payloads" not in overrides:
+            artifact = self.artifact(f"firmware {version}".encode(), name="fw.bin", version=version)
+            overrides["payloads"] = [{"type": "file", "artifact_id": artifact["id"]}]
         body = {
             "name": "edge-stack",
-            "version": uuid.uuid4().hex[:8],
-            "payloads": [{"type": "container", "name": "app", "image": "registry.local/acme/app:1.0"}],
+            "version": version,
             "device_types": ["gw-x1"],
             "architectures": ["arm64"],
         }

@@ -125,8 +125,25 @@ def test_release_lifecycle(api: Api) -> None:
         release["id"]
     ]
     assert api.get("/releases", params={"device_type": "gw-x9"}).json()["items"] == []
+    # registry.local:5000 cannot be reached from here: the image check failed, the rest stands.
+    validation = release["validation"]
+    assert validation["status"] == "failed" and validation["override"] is None
+    assert [(c["name"], c["passed"]) for c in validation["checks"]] == [("image-resolves", False)]
+    assert "cannot be reached" in validation["checks"][0]["detail"]
     api.device("d1")
-    api.post("/devices/d1/update", json={"release_id": release["id"]})
+    refused = api.post("/devices/d1/update", json={"release_id": release["id"]})
+    assert refused.status_code == 409 and "cannot be deployed" in refused.json()["detail"]
+    assert "image-resolves" in refused.json()["detail"]
+    reason = {"reason": "registry is on the factory network; image verified by hand"}
+    assert api.post(f"/releases/{release['id']}/override", json=reason, role="developer").status_code == 403
+    assert api.post(f"/releases/{release['id']}/override", json={"reason": "short"}).status_code == 400
+    overridden = api.post(f"/releases/{release['id']}/override", json=reason)
+    assert overridden.status_code == 200, overridden.text
+    assert overridden.json()["validation"]["override"]["by"] == "admin-user"
+    assert api.post(f"/releases/{release['id']}/override", json=reason).status_code == 409
+    assert api.post("/devices/d1/update", json={"release_id": release["id"]}).status_code == 202
+    revalidated = api.post(f"/releases/{release['id']}/validate").json()
+    assert revalidated["validation"]["status"] == "failed" and revalidated["validation"]["override"] is None
     in_use = api.delete(f"/releases/{release['id']}")
     assert in_use.status_code == 409 and "used by 1 deployment" in in_use.json()["detail"]
 

@@ -96,6 +96,7 @@ def test_every_change_and_refusal_is_audited(api: Api) -> None:
         ("devices.register", "denied", 403, None),
         ("devices.register", "success", 201, "au-1"),
         ("releases.create", "success", 201, release["id"]),
+        ("artifacts.upload", "success", 201, release["payloads"][0]["artifact_id"]),
     ]
     trigger = entries[1]
     assert (

@@ -17,6 +17,9 @@ ROLES = [role.value for role in Role]
 def operations(api: Api) -> list[tuple[str, str, dict[str, Any] | bytes | None, Permission, str]]:
     """(method, path, body, permission, id) for every operation, with live resources to act on."""
     release = api.release()
+    unverifiable = api.release(
+        payloads=[{"type": "container", "name": "app", "image": "registry.invalid/acme/app:1"}]
+    )
     artifact = api.artifact(b"matrix", name="matrix.bin")
     api.device("m-1")
     api.device("m-2")
@@ -60,6 +63,14 @@ def operations(api: Api) -> list[tuple[str, str, dict[str, Any] | bytes | None, 
             "update release",
         ),
         ("DELETE", "/releases/rel_missing", None, Permission.RELEASES_WRITE, "delete release"),
+        ("POST", f"/releases/{release['id']}/validate", None, Permission.RELEASES_WRITE, "validate release"),
+        (
+            "POST",
+            f"/releases/{unverifiable['id']}/override",
+            {"reason": "accepted risk, ticket OPS-42"},
+            Permission.RELEASES_OVERRIDE,
+            "override release",
+        ),
         ("GET", "/devices", None, Permission.DEVICES_READ, "list devices"),
         (
             "POST",

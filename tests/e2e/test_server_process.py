@@ -95,19 +95,26 @@ def test_readme_walkthrough(server: tuple[str, Path]) -> None:
 
 def _walk_through(http: httpx.Client, base: str) -> None:
 
+    firmware = http.post(
+        "/artifacts",
+        params={"name": "gateway-fw.bin", "version": "1.4.0", "kind": "firmware"},
+        content=b"\x7fELF gateway firmware 1.4.0" * 1000,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert firmware.status_code == 201, firmware.text
     release = http.post(
         "/releases",
         json={
-            "name": "edge-stack",
+            "name": "gateway-firmware",
             "version": "1.4.0",
-            "payloads": [
-                {"type": "container", "name": "telemetry", "image": "registry.local/acme/telemetry:1.4.0"}
-            ],
+            "kind": "base",
+            "payloads": [{"type": "file", "artifact_id": firmware.json()["id"]}],
             "device_types": ["gateway-x1"],
             "architectures": ["arm64"],
         },
     )
     assert release.status_code == 201, release.text
+    assert release.json()["validation"]["status"] == "passed"
     for number in (1, 2):
         device = http.post(
             "/devices",

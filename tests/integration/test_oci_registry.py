@@ -11,11 +11,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import anyio
 import pytest
 
-from fleetlift.adapters.oci_registry import ImageNotFound, OciRegistryClient
+from fleetlift.adapters.oci_registry import OciRegistryClient
 from fleetlift.errors import BackendUnavailable, BadGateway
 from fleetlift.images.rules import (
     OCI_INDEX,
     Credentials,
+    ImageNotFound,
     Platform,
     credentials_from_docker_config,
     device_platform,

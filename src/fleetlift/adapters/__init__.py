@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from typing import Any
 
 from fleetlift.config import Settings
-from fleetlift.ports import ArtifactStore
+from fleetlift.ports import ArtifactStore, ImageRegistry
 
 
 def _filesystem(settings: Settings) -> ArtifactStore:
@@ -35,6 +37,21 @@ ARTIFACT_STORES: dict[str, Callable[[Settings], ArtifactStore]] = {
     "azure_blob": _azure_blob,
     "memory": _memory,
 }
+
+
+def build_image_registry(settings: Settings) -> ImageRegistry:
+    """The registry client, with credentials from the configured Docker config.json."""
+    from fleetlift.adapters.oci_registry import OciRegistryClient
+    from fleetlift.images.rules import credentials_from_docker_config
+
+    docker_config: dict[str, Any] = {}
+    if settings.registry_auth_file is not None:
+        docker_config = json.loads(settings.registry_auth_file.read_text())
+    return OciRegistryClient(
+        credentials=lambda registry: credentials_from_docker_config(docker_config, registry),
+        plain_http=frozenset(settings.registry_plain_http),
+        timeout=settings.registry_timeout_seconds,
+    )
 
 
 def build_artifact_store(settings: Settings) -> ArtifactStore:

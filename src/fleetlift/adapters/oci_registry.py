@@ -8,20 +8,22 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from fleetlift.errors import BackendUnavailable, BadGateway, FieldError, InvalidInput
+from fleetlift.errors import BackendUnavailable, BadGateway, FieldError
 from fleetlift.images.rules import (
     ACCEPTED_MANIFESTS,
     Credentials,
     ImageManifest,
+    ImageNotFound,
     ImageRef,
     Index,
     ManifestError,
     Platform,
+    ResolvedImage,
     config_platform,
     digest_of,
     parse_challenge,
@@ -36,28 +38,12 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # the distribution spec's limit; more is a
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
 
 
-class ImageNotFound(InvalidInput):
-    type_slug = "image-not-found"
-    title = "Image not found"
-
-
 @dataclass(frozen=True)
 class FetchedManifest:
     content: bytes
     media_type: str
     digest: str
     document: Index | ImageManifest
-
-
-@dataclass(frozen=True)
-class ResolvedImage:
-    """What a reference points at now: the digest to pin, and the platforms it offers."""
-
-    ref: ImageRef
-    digest: str
-    media_type: str
-    platforms: tuple[Platform, ...]
-    manifest_digests: dict[str, str] = field(default_factory=dict)  # platform -> manifest digest
 
 
 @dataclass

@@ -21,6 +21,7 @@ class Permission(StrEnum):
     DEVICES_ADMIT = "devices:admit"
     RELEASES_READ = "releases:read"
     RELEASES_WRITE = "releases:write"
+    RELEASES_OVERRIDE = "releases:override"
     DEPLOYMENTS_READ = "deployments:read"
     DEPLOYMENTS_WRITE = "deployments:write"
     DEPLOYMENTS_CONTROL = "deployments:control"

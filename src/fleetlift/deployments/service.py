@@ -39,6 +39,7 @@ from fleetlift.etags import check_if_match
 from fleetlift.ids import new_id
 from fleetlift.pagination import Page, PageRequest, page_of
 from fleetlift.releases import repository as releases
+from fleetlift.releases import service as releases_service
 from fleetlift.releases.models import Release
 from fleetlift.targeting import parse_condition, render_condition
 
@@ -166,6 +167,8 @@ def create(*, session: Session, caller: Caller, data: DeploymentCreate) -> Deplo
     rules.check_target(data.target.device_ids, data.target.condition)
     condition = _normalised_condition(data.target.condition)
     release = _release(session, caller, data.release_id)
+    if phase is Phase.ACTIVE:
+        releases_service.ensure_deployable(release)
     device_ids = list(dict.fromkeys(data.target.device_ids))
     _check_explicit_targets(session, caller, release, device_ids)
     now = utcnow()
@@ -264,6 +267,7 @@ def replace(
         details["phase"] = [before.phase.value, after.phase.value]
     if before.phase is Phase.DRAFT and after.phase is Phase.ACTIVE:
         release = _release(session, caller, deployment.release_id)
+        releases_service.ensure_deployable(release)
         details["assigned_devices"] = repository.assign_devices(
             session,
             deployment=deployment,
@@ -337,6 +341,7 @@ def trigger_single(
     if device is None:
         raise NotFound(f"no device '{device_id}' in this tenant")
     release = _release(session, caller, data.release_id)
+    releases_service.ensure_deployable(release)
     refusal = rules.update_refusal(_device_facts(device), _release_facts(release))
     if refusal is not None:
         reason, detail = refusal
@@ -421,6 +426,7 @@ def trigger_batch(
         raise InvalidInput("name the devices to update with device_ids, a condition, or both")
     condition = _normalised_condition(data.condition)
     release = _release(session, caller, data.release_id)
+    releases_service.ensure_deployable(release)
     device_ids = list(dict.fromkeys(data.device_ids))
     eligibility = _eligibility(session, release, device_ids, condition)
 

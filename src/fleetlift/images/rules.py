@@ -8,7 +8,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fleetlift.errors import FieldError, InvalidInput
@@ -301,3 +301,19 @@ def credentials_from_docker_config(config: Mapping[str, Any], registry: str) -> 
         if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
             return Credentials(entry["username"], entry["password"])
     return None
+
+
+class ImageNotFound(InvalidInput):
+    type_slug = "image-not-found"
+    title = "Image not found"
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """What a reference points at now: the digest to pin, and the platforms it offers."""
+
+    ref: ImageRef
+    digest: str
+    media_type: str
+    platforms: tuple[Platform, ...]
+    manifest_digests: dict[str, str] = field(default_factory=dict)  # platform -> manifest digest

@@ -24,6 +24,8 @@ class Release(Base):
     device_types: Mapped[list[str]] = mapped_column(JsonDocument)
     architectures: Mapped[list[str]] = mapped_column(JsonDocument)
     notes: Mapped[str] = mapped_column(Text, default="")
+    # The verdict of the checks a release must pass before it is deployed (see releases.rules).
+    validation: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from fleetlift.api.common import Page
 from fleetlift.api.deps import AuditIntent, IfMatch, PageDep, SessionDep, permit
@@ -13,7 +13,7 @@ from fleetlift.auth import Permission
 from fleetlift.context import Caller
 from fleetlift.etags import etag_of
 from fleetlift.releases import service
-from fleetlift.releases.schemas import ReleaseCreate, ReleaseRead, ReleaseUpdate
+from fleetlift.releases.schemas import OverrideRequest, ReleaseCreate, ReleaseRead, ReleaseUpdate
 
 router = APIRouter(prefix="/releases", tags=["releases"])
 
@@ -57,17 +57,24 @@ def list_releases(
         summary="Publish a release",
         description="A release is a named, versioned set of payloads (containers with their "
         "settings, or file artifacts) and the device types and architectures it fits. A name and "
-        "version exist once per tenant (409).",
+        "version exist once per tenant (409). Each container image is pinned to the digest its tag "
+        "names now (devices only ever receive digests) and checked for a platform per "
+        "architecture; file payloads take their hash from their artifact. The verdict is in "
+        "`validation`: a release that failed cannot be deployed (409) until it passes "
+        "(`POST /releases/{id}/validate`) or an admin overrides it.",
         errors=(400, 409, 413, 415),
     ),
 )
-def create_release(
+async def create_release(
     data: ReleaseCreate,
-    session: SessionDep,
+    request: Request,
     response: Response,
     caller: Annotated[Caller, _writer("releases.create")],
 ) -> ReleaseRead:
-    release = service.create(session=session, caller=caller, data=data)
+    state = request.app.state
+    release = await service.create(
+        sessions=state.sessions, registry=state.image_registry, caller=caller, data=data
+    )
     response.headers["ETag"] = etag_of(release.row_version)
     response.headers["Location"] = f"/api/v1/releases/{release.id}"
     return ReleaseRead.model_validate(release)
@@ -134,3 +141,62 @@ def delete_release(
 ) -> Response:
     service.delete(session=session, caller=caller, release_id=release_id, if_match=if_match)
     return Response(status_code=204)
+
+
+@router.post(
+    "/{release_id}/validate",
+    response_model=ReleaseRead,
+    **operation(
+        Permission.RELEASES_WRITE,
+        summary="Validate a release again",
+        description="Runs the checks again (a registry that was unreachable, a platform pushed "
+        "since) and replaces the verdict, override included.",
+        errors=(404,),
+    ),
+)
+async def validate_release(
+    release_id: str,
+    request: Request,
+    response: Response,
+    caller: Annotated[Caller, _writer("releases.validate")],
+) -> ReleaseRead:
+    state = request.app.state
+    release = await service.revalidate(
+        sessions=state.sessions, registry=state.image_registry, caller=caller, release_id=release_id
+    )
+    response.headers["ETag"] = etag_of(release.row_version)
+    return ReleaseRead.model_validate(release)
+
+
+@router.post(
+    "/{release_id}/override",
+    response_model=ReleaseRead,
+    **operation(
+        Permission.RELEASES_OVERRIDE,
+        summary="Override a failed validation",
+        description="Lets a release that failed validation be deployed, recording who decided it and "
+        "why (in the release and the audit log). 409 when there is nothing to override.",
+        errors=(400, 404, 409, 412, 413, 415),
+    ),
+)
+def override_release(
+    release_id: str,
+    data: OverrideRequest,
+    session: SessionDep,
+    response: Response,
+    caller: Annotated[
+        Caller,
+        permit(
+            Permission.RELEASES_OVERRIDE,
+            audit=AuditIntent(
+                action="releases.override", resource_type="release", resource_param="release_id"
+            ),
+        ),
+    ],
+    if_match: IfMatch = None,
+) -> ReleaseRead:
+    release = service.override(
+        session=session, caller=caller, release_id=release_id, reason=data.reason, if_match=if_match
+    )
+    response.headers["ETag"] = etag_of(release.row_version)
+    return ReleaseRead.model_validate(release)

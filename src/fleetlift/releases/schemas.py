@@ -109,6 +109,41 @@ class ReleaseUpdate(StrictModel):
     notes: Annotated[str, StringConstraints(max_length=10_000)] = ""
 
 
+class ValidationCheck(BaseModel):
+    name: str = Field(examples=["platform"])
+    subject: str = Field(examples=["registry.example.com/acme/telemetry:1.4.0 on arm64"])
+    passed: bool
+    detail: str = Field(examples=["runs on arm64 (linux/arm64/v8)"])
+
+
+class ValidationOverride(BaseModel):
+    by: str
+    reason: str
+    at: datetime
+
+
+class Validation(BaseModel):
+    """The verdict of the checks a release must pass before it can be deployed."""
+
+    status: Literal["passed", "failed"]
+    checked_at: datetime
+    checks: list[ValidationCheck]
+    override: ValidationOverride | None = None
+
+
+class OverrideRequest(StrictModel):
+    """Deploy a release that failed validation anyway; the reason is recorded and audited."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"reason": "CVE-2026-1234 does not apply: the module is not loaded"}]
+        },
+    )
+
+    reason: Annotated[str, StringConstraints(min_length=10, max_length=2000, strip_whitespace=True)]
+
+
 class ReleaseRead(BaseModel):
     model_config = ConfigDict(
         from_attributes=True,
@@ -117,6 +152,31 @@ class ReleaseRead(BaseModel):
                 {
                     **_EXAMPLE,
                     "id": "rel_01JD3Q6R8W2M5E0B9N4T7K1XYZ",
+                    "payloads": [
+                        {
+                            **_EXAMPLE["payloads"][0],
+                            "image": "registry.example.com/acme/telemetry:1.4.0@sha256:" + "9f" * 32,
+                        }
+                    ],
+                    "validation": {
+                        "status": "passed",
+                        "checked_at": "2026-11-24T08:00:00Z",
+                        "checks": [
+                            {
+                                "name": "image-resolves",
+                                "subject": "registry.example.com/acme/telemetry:1.4.0",
+                                "passed": True,
+                                "detail": "pinned to sha256:" + "9f" * 32,
+                            },
+                            {
+                                "name": "platform",
+                                "subject": "registry.example.com/acme/telemetry:1.4.0 on arm64",
+                                "passed": True,
+                                "detail": "runs on arm64 (linux/arm64/v8)",
+                            },
+                        ],
+                        "override": None,
+                    },
                     "created_by": "bob",
                     "created_at": "2026-11-24T08:00:00Z",
                     "updated_at": "2026-11-24T08:00:00Z",
@@ -133,6 +193,7 @@ class ReleaseRead(BaseModel):
     device_types: list[str]
     architectures: list[str]
     notes: str
+    validation: Validation
     created_by: str
     created_at: datetime
     updated_at: datetime

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
-from sqlalchemy.orm import Session
+import anyio
+from sqlalchemy.orm import Session, sessionmaker
 
 from fleetlift.artifacts import repository as artifacts
 from fleetlift.artifacts.models import ReleaseArtifact
 from fleetlift.audit import service as audit
 from fleetlift.context import Caller
-from fleetlift.db import utcnow
-from fleetlift.errors import Conflict, FieldError, InvalidInput, NotFound
+from fleetlift.db import transaction, utcnow
+from fleetlift.errors import Conflict, FieldError, FleetliftError, InvalidInput, NotFound
 from fleetlift.etags import check_if_match
 from fleetlift.ids import new_id
+from fleetlift.images.rules import parse_image_reference
 from fleetlift.pagination import Page, PageRequest, page_of
+from fleetlift.ports import ImageRegistry
 from fleetlift.releases import repository
 from fleetlift.releases.models import Release
+from fleetlift.releases.rules import Check, deploy_refusal, platform_checks, verdict, with_override
 from fleetlift.releases.schemas import ReleaseCreate, ReleaseUpdate
 
 
@@ -63,14 +69,57 @@ def list_releases(
     return page_of(rows, page, lambda release: [release.id])
 
 
-def create(*, session: Session, caller: Caller, data: ReleaseCreate) -> Release:
-    """Publish a release; a name and version pair exists once per tenant."""
-    if repository.find_by_name_version(
-        session, tenant_id=caller.tenant_id, name=data.name, version=data.version
-    ):
-        raise Conflict(f"release '{data.name}' version '{data.version}' already exists")
-    now = utcnow()
+async def validate_images(
+    registry: ImageRegistry, payloads: list[dict[str, Any]], architectures: Sequence[str]
+) -> list[Check]:
+    """Pin every container image to the digest its tag names now (in place) and check it offers
+    a platform for each architecture of the release. A registry that cannot answer fails the
+    check rather than the request: the verdict says why, and the release can be validated again."""
+    checks: list[Check] = []
+    for payload in payloads:
+        if payload["type"] != "container":
+            continue
+        image = payload["image"]
+        try:
+            resolved = await registry.resolve(parse_image_reference(image))
+        except FleetliftError as error:
+            checks.append(Check("image-resolves", image, False, error.detail))
+            continue
+        payload["image"] = str(resolved.ref)
+        checks.append(Check("image-resolves", image, True, f"pinned to {resolved.digest}"))
+        checks += platform_checks(image, resolved.platforms, architectures)
+    return checks
+
+
+async def create(
+    *, sessions: sessionmaker[Session], registry: ImageRegistry, caller: Caller, data: ReleaseCreate
+) -> Release:
+    """Publish a release: images are pinned to digests and checked, and the verdict is stored;
+    a name and version pair exists once per tenant."""
     payloads: list[dict[str, Any]] = [payload.model_dump(mode="json") for payload in data.payloads]
+    checks = await validate_images(registry, payloads, data.architectures)
+    return await anyio.to_thread.run_sync(partial(_create_rows, sessions, caller, data, payloads, checks))
+
+
+def _create_rows(
+    sessions: sessionmaker[Session],
+    caller: Caller,
+    data: ReleaseCreate,
+    payloads: list[dict[str, Any]],
+    checks: list[Check],
+) -> Release:
+    with transaction(sessions) as session:
+        if repository.find_by_name_version(
+            session, tenant_id=caller.tenant_id, name=data.name, version=data.version
+        ):
+            raise Conflict(f"release '{data.name}' version '{data.version}' already exists")
+        return _insert(session, caller, data, payloads, checks)
+
+
+def _insert(
+    session: Session, caller: Caller, data: ReleaseCreate, payloads: list[dict[str, Any]], checks: list[Check]
+) -> Release:
+    now = utcnow()
     artifact_ids = _resolve_file_payloads(session, caller, payloads)
     release = Release(
         tenant_id=caller.tenant_id,
@@ -82,6 +131,7 @@ def create(*, session: Session, caller: Caller, data: ReleaseCreate) -> Release:
         device_types=list(dict.fromkeys(data.device_types)),
         architectures=list(dict.fromkeys(data.architectures)),
         notes=data.notes,
+        validation=verdict(checks, checked_at=now),
         created_by=caller.subject,
         created_at=now,
         updated_at=now,
@@ -100,9 +150,12 @@ def create(*, session: Session, caller: Caller, data: ReleaseCreate) -> Release:
         resource_type="release",
         resource_id=release.id,
         status_code=201,
-        details={"name": release.name, "version": release.version},
+        details={
+            "name": release.name,
+            "version": release.version,
+            "validation": release.validation["status"],
+        },
     )
-    session.commit()
     return release
 
 
@@ -140,3 +193,79 @@ def delete(*, session: Session, caller: Caller, release_id: str, if_match: str |
         status_code=204,
     )
     session.commit()
+
+
+def _load_payloads(sessions: sessionmaker[Session], caller: Caller, release_id: str) -> Release:
+    with sessions() as session:
+        return get(session=session, caller=caller, release_id=release_id)
+
+
+def _store_verdict(
+    sessions: sessionmaker[Session],
+    caller: Caller,
+    release_id: str,
+    payloads: list[dict[str, Any]],
+    checks: list[Check],
+) -> Release:
+    with transaction(sessions) as session:
+        release = get(session=session, caller=caller, release_id=release_id)
+        now = utcnow()
+        release.payloads = payloads
+        release.validation = verdict(checks, checked_at=now)
+        release.updated_at = now
+        audit.record(
+            session,
+            caller=caller,
+            action="releases.validate",
+            resource_type="release",
+            resource_id=release_id,
+            details={"validation": release.validation["status"]},
+        )
+        return release
+
+
+async def revalidate(
+    *, sessions: sessionmaker[Session], registry: ImageRegistry, caller: Caller, release_id: str
+) -> Release:
+    """Run the checks again (a registry that was down, a platform pushed since); a new verdict
+    replaces the old one, override included."""
+    release = await anyio.to_thread.run_sync(partial(_load_payloads, sessions, caller, release_id))
+    payloads = [dict(payload) for payload in release.payloads]
+    checks = await validate_images(registry, payloads, release.architectures)
+    return await anyio.to_thread.run_sync(
+        partial(_store_verdict, sessions, caller, release_id, payloads, checks)
+    )
+
+
+def override(
+    *, session: Session, caller: Caller, release_id: str, reason: str, if_match: str | None
+) -> Release:
+    """Let a release that failed validation be deployed anyway, recording who decided and why."""
+    release = get(session=session, caller=caller, release_id=release_id)
+    check_if_match(if_match, release.row_version)
+    if deploy_refusal(release.validation) is None:
+        raise Conflict(f"release '{release_id}' may already be deployed: there is nothing to override")
+    now = utcnow()
+    release.validation = with_override(release.validation, by=caller.subject, reason=reason, at=now)
+    release.updated_at = now
+    audit.record(
+        session,
+        caller=caller,
+        action="releases.override",
+        resource_type="release",
+        resource_id=release_id,
+        details={"reason": reason},
+    )
+    session.commit()
+    return release
+
+
+def ensure_deployable(release: Release) -> None:
+    """Refuse to deploy a release that failed validation and was not overridden."""
+    refusal = deploy_refusal(release.validation)
+    if refusal is not None:
+        raise Conflict(
+            f"release '{release.name}' {release.version} cannot be deployed: {refusal}; "
+            "fix it and validate again, or have an admin override with a reason",
+            extra={"release_id": release.id, "validation": release.validation},
+        )
