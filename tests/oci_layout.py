@@ -84,3 +84,45 @@ def build_image(layout: Path, tag: str, platforms: list[Platform], label: str = 
         index_digest = str(top["digest"])
     (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
     return BuiltImage(index_digest, manifests)
+
+
+def simple_signing_payload(repository: str, digest: str) -> bytes:
+    """The JSON cosign signs for an image: it names the manifest digest."""
+    return json.dumps(
+        {
+            "critical": {
+                "identity": {"docker-reference": repository},
+                "image": {"docker-manifest-digest": digest},
+                "type": "cosign container image signature",
+            },
+            "optional": None,
+        }
+    ).encode()
+
+
+def build_signature_image(layout: Path, tag: str, payload: bytes, signature_b64: str) -> None:
+    """Write a cosign-style signature image (one simple-signing layer) under ``tag``."""
+    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    config = {"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            **_blob(layout, json.dumps(config).encode()),
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                **_blob(layout, payload),
+                "annotations": {"dev.cosignproject.cosign/signature": signature_b64},
+            }
+        ],
+    }
+    top = {
+        "mediaType": OCI_MANIFEST,
+        **_blob(layout, json.dumps(manifest).encode()),
+        "annotations": {"org.opencontainers.image.ref.name": tag},
+    }
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))

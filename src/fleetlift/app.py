@@ -27,8 +27,10 @@ from fleetlift.context import Caller
 from fleetlift.db import make_engine, make_session_factory
 from fleetlift.deployments import routes as deployment_routes
 from fleetlift.devices import routes as device_routes
+from fleetlift.images.signatures import load_public_keys
 from fleetlift.logs import configure as configure_logging
 from fleetlift.releases import routes as release_routes
+from fleetlift.releases.service import ImageChecks
 from fleetlift.tenants import service as tenants
 
 API_PREFIX = "/api/v1"
@@ -185,6 +187,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.audit_refusal = _audit_refusal_recorder(app, settings)
     app.state.artifact_store = build_artifact_store(settings)
     app.state.image_registry = build_image_registry(settings)
+    app.state.image_checks = ImageChecks(
+        registry=app.state.image_registry,
+        trusted_keys=load_public_keys([path.read_text() for path in settings.signature_key_files]),
+    )
     app.state.link_secret = link_signing_key(settings)
 
     problems.install(app)

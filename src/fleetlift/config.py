@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     registry_auth_file: Path | None = None  # a Docker config.json with registry credentials
     registry_plain_http: list[str] = Field(default_factory=list)  # registries spoken to without TLS
     registry_timeout_seconds: float = 10.0
+    # PEM public keys (cosign.pub) trusted to sign images; when any is set, every image needs a
+    # valid signature from one of them.
+    signature_key_files: list[Path] = Field(default_factory=list)
     # Behind nginx: answer downloads with X-Accel-Redirect to this internal location and let nginx
     # send the file (filesystem store only). See docs/operations.md.
     accel_redirect_prefix: str | None = None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from fleetlift.images.rules import ImageRef, ResolvedImage
+    from fleetlift.images.signatures import SignatureLayer
 
 
 class ImageRegistry(Protocol):
@@ -21,6 +22,10 @@ class ImageRegistry(Protocol):
 
     async def resolve(self, ref: ImageRef) -> ResolvedImage:
         """The digest a reference points at now and the platforms it offers."""
+        ...
+
+    async def signature_layers(self, ref: ImageRef, digest: str) -> list[SignatureLayer]:
+        """The cosign simple-signing layers stored for ``digest``; empty when it is unsigned."""
         ...
 
 

@@ -3,20 +3,24 @@ checked per architecture, and a release that fails cannot be deployed until over
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 
 from fleetlift.app import create_app, local_issuer
 from fleetlift.auth import Role
 from fleetlift.config import Settings
 from fleetlift.images.rules import Platform
+from fleetlift.images.signatures import signature_tag
 from fleetlift.migrate import upgrade
 
-from ..oci_layout import BuiltImage, build_image
+from ..oci_layout import BuiltImage, build_image, build_signature_image, simple_signing_payload
 from ..registry import Registry, run_registry, unavailable_reason
 
 pytestmark = pytest.mark.registry
@@ -107,3 +111,60 @@ def test_a_tag_that_does_not_exist(registry: tuple[Registry, BuiltImage], client
     check = release["validation"]["checks"][0]  # type: ignore[index]
     assert check["name"] == "image-resolves" and not check["passed"] and "does not exist" in check["detail"]
     assert release["payloads"][0]["image"].endswith(":9.9.9")  # type: ignore[index]  # nothing to pin
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture(scope="module")
+def signed_images(
+    registry: tuple[Registry, BuiltImage],
+    signing_key: ec.EllipticCurvePrivateKey,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, str]:
+    """Three tags: signed by the trusted key, signed by a stranger, and unsigned."""
+    running, _ = registry
+    workdir = tmp_path_factory.mktemp("signed")
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    images = {}
+    for name, key in (("trusted", signing_key), ("stranger", stranger), ("unsigned", None)):
+        built = build_image(workdir / name, name, [Platform("linux", "arm64", "v8")], label=name)
+        running.push(workdir / name, name, "acme/signed")
+        digest = built.manifests["linux/arm64/v8"]
+        if key is not None:
+            payload = simple_signing_payload(f"{running.host}/acme/signed", digest)
+            signature = base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
+            tag = signature_tag(digest)
+            build_signature_image(workdir / f"{name}-sig", tag, payload, signature)
+            running.push(workdir / f"{name}-sig", tag, "acme/signed")
+        images[name] = f"{running.host}/acme/signed:{name}"
+    return images
+
+
+def test_images_must_be_signed_by_a_trusted_key(
+    signed_images: dict[str, str], signing_key: ec.EllipticCurvePrivateKey, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "cosign.pub"
+    key_file.write_bytes(
+        signing_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    settings = Settings(data_dir=tmp_path / "data", log_level="WARNING", signature_key_files=[key_file])
+    upgrade(settings.resolved_database_url)
+    token = local_issuer(settings).issue("alice", [Role.ADMIN], timedelta(minutes=10))
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as client:
+        verdicts = {
+            name: _release(client, image, ["arm64"], name)["validation"]
+            for name, image in signed_images.items()
+        }
+    signature = {
+        name: next(c for c in v["checks"] if c["name"] == "signature") for name, v in verdicts.items()
+    }  # type: ignore[index]
+    assert verdicts["trusted"]["status"] == "passed" and signature["trusted"]["passed"]  # type: ignore[index]
+    assert verdicts["stranger"]["status"] == "failed"  # type: ignore[index]
+    assert "does not verify with any trusted key" in signature["stranger"]["detail"]
+    assert verdicts["unsigned"]["status"] == "failed"  # type: ignore[index]
+    assert "no cosign signature" in signature["unsigned"]["detail"]

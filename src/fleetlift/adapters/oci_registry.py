@@ -31,6 +31,7 @@ from fleetlift.images.rules import (
     registry_host,
     select_platform,
 )
+from fleetlift.images.signatures import SIGNATURE_ANNOTATION, SIMPLE_SIGNING, SignatureLayer, signature_tag
 
 log = logging.getLogger("fleetlift.registry")
 
@@ -182,12 +183,7 @@ class OciRegistryClient:
 
     async def blob_json(self, ref: ImageRef, digest: str) -> dict[str, Any]:
         """A small JSON blob (an image config), checked against its digest."""
-        response = await self._get(ref, f"blobs/{digest}", {})
-        if response.status_code != 200:
-            raise BadGateway(f"registry {ref.registry} answered {response.status_code} for blob {digest}")
-        content = response.content
-        if len(content) > MAX_CONFIG_BYTES or digest_of(content) != digest:
-            raise BadGateway(f"registry {ref.registry} sent blob content that does not match {digest}")
+        content = await self._blob(ref, digest, limit=MAX_CONFIG_BYTES)
         try:
             document = json.loads(content)
         except ValueError:
@@ -222,3 +218,28 @@ class OciRegistryClient:
         if not isinstance(manifest.document, ImageManifest):
             raise BadGateway(f"{ref}: an index inside an index is not supported")
         return manifest.digest, await self.blob_json(ref, manifest.document.config.digest)
+
+    async def signature_layers(self, ref: ImageRef, digest: str) -> list[SignatureLayer]:
+        """The cosign simple-signing layers stored for ``digest`` (none when it is unsigned)."""
+        try:
+            signatures = await self.manifest(ref, signature_tag(digest))
+        except ImageNotFound:
+            return []
+        if not isinstance(signatures.document, ImageManifest):
+            return []
+        layers = []
+        for layer in signatures.document.layers:
+            if layer.media_type != SIMPLE_SIGNING:
+                continue
+            payload = await self._blob(ref, layer.digest, limit=MAX_CONFIG_BYTES)
+            layers.append(SignatureLayer(payload, layer.annotations.get(SIGNATURE_ANNOTATION)))
+        return layers
+
+    async def _blob(self, ref: ImageRef, digest: str, *, limit: int) -> bytes:
+        response = await self._get(ref, f"blobs/{digest}", {})
+        if response.status_code != 200:
+            raise BadGateway(f"registry {ref.registry} answered {response.status_code} for blob {digest}")
+        content = response.content
+        if len(content) > limit or digest_of(content) != digest:
+            raise BadGateway(f"registry {ref.registry} sent blob content that does not match {digest}")
+        return content

@@ -118,6 +118,7 @@ class Descriptor:
     digest: str
     size: int
     platform: Platform | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ def runs_on(image: Platform, device: Platform) -> bool:
 
 def _descriptor(document: Mapping[str, Any]) -> Descriptor:
     platform = document.get("platform")
+    annotations = document.get("annotations")
     return Descriptor(
         media_type=str(document.get("mediaType", "")),
         digest=str(document["digest"]),
@@ -210,6 +212,9 @@ def _descriptor(document: Mapping[str, Any]) -> Descriptor:
         else Platform(
             str(platform.get("os", "")), str(platform.get("architecture", "")), platform.get("variant")
         ),
+        annotations={str(k): str(v) for k, v in annotations.items()}
+        if isinstance(annotations, Mapping)
+        else {},
     )
 
 

@@ -73,7 +73,7 @@ async def create_release(
 ) -> ReleaseRead:
     state = request.app.state
     release = await service.create(
-        sessions=state.sessions, registry=state.image_registry, caller=caller, data=data
+        sessions=state.sessions, image_checks=state.image_checks, caller=caller, data=data
     )
     response.headers["ETag"] = etag_of(release.row_version)
     response.headers["Location"] = f"/api/v1/releases/{release.id}"
@@ -162,7 +162,7 @@ async def validate_release(
 ) -> ReleaseRead:
     state = request.app.state
     release = await service.revalidate(
-        sessions=state.sessions, registry=state.image_registry, caller=caller, release_id=release_id
+        sessions=state.sessions, image_checks=state.image_checks, caller=caller, release_id=release_id
     )
     response.headers["ETag"] = etag_of(release.row_version)
     return ReleaseRead.model_validate(release)

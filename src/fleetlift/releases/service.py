@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -17,7 +18,8 @@ from fleetlift.db import transaction, utcnow
 from fleetlift.errors import Conflict, FieldError, FleetliftError, InvalidInput, NotFound
 from fleetlift.etags import check_if_match
 from fleetlift.ids import new_id
-from fleetlift.images.rules import parse_image_reference
+from fleetlift.images.rules import ResolvedImage, parse_image_reference
+from fleetlift.images.signatures import PublicKey, verify_simple_signing
 from fleetlift.pagination import Page, PageRequest, page_of
 from fleetlift.ports import ImageRegistry
 from fleetlift.releases import repository
@@ -69,8 +71,25 @@ def list_releases(
     return page_of(rows, page, lambda release: [release.id])
 
 
+@dataclass(frozen=True)
+class ImageChecks:
+    """What release validation needs: a registry to ask and the keys trusted to sign images."""
+
+    registry: ImageRegistry
+    trusted_keys: Sequence[PublicKey] = ()
+
+
+async def _signature_check(checks: ImageChecks, image: str, resolved: ResolvedImage) -> Check:
+    try:
+        layers = await checks.registry.signature_layers(resolved.ref, resolved.digest)
+    except FleetliftError as error:
+        return Check("signature", image, False, error.detail)
+    passed, detail = verify_simple_signing(layers, resolved.digest, checks.trusted_keys)
+    return Check("signature", image, passed, detail)
+
+
 async def validate_images(
-    registry: ImageRegistry, payloads: list[dict[str, Any]], architectures: Sequence[str]
+    checks_with: ImageChecks, payloads: list[dict[str, Any]], architectures: Sequence[str]
 ) -> list[Check]:
     """Pin every container image to the digest its tag names now (in place) and check it offers
     a platform for each architecture of the release. A registry that cannot answer fails the
@@ -81,23 +100,25 @@ async def validate_images(
             continue
         image = payload["image"]
         try:
-            resolved = await registry.resolve(parse_image_reference(image))
+            resolved = await checks_with.registry.resolve(parse_image_reference(image))
         except FleetliftError as error:
             checks.append(Check("image-resolves", image, False, error.detail))
             continue
         payload["image"] = str(resolved.ref)
         checks.append(Check("image-resolves", image, True, f"pinned to {resolved.digest}"))
         checks += platform_checks(image, resolved.platforms, architectures)
+        if checks_with.trusted_keys:
+            checks.append(await _signature_check(checks_with, image, resolved))
     return checks
 
 
 async def create(
-    *, sessions: sessionmaker[Session], registry: ImageRegistry, caller: Caller, data: ReleaseCreate
+    *, sessions: sessionmaker[Session], image_checks: ImageChecks, caller: Caller, data: ReleaseCreate
 ) -> Release:
     """Publish a release: images are pinned to digests and checked, and the verdict is stored;
     a name and version pair exists once per tenant."""
     payloads: list[dict[str, Any]] = [payload.model_dump(mode="json") for payload in data.payloads]
-    checks = await validate_images(registry, payloads, data.architectures)
+    checks = await validate_images(image_checks, payloads, data.architectures)
     return await anyio.to_thread.run_sync(partial(_create_rows, sessions, caller, data, payloads, checks))
 
 
@@ -225,13 +246,13 @@ def _store_verdict(
 
 
 async def revalidate(
-    *, sessions: sessionmaker[Session], registry: ImageRegistry, caller: Caller, release_id: str
+    *, sessions: sessionmaker[Session], image_checks: ImageChecks, caller: Caller, release_id: str
 ) -> Release:
     """Run the checks again (a registry that was down, a platform pushed since); a new verdict
     replaces the old one, override included."""
     release = await anyio.to_thread.run_sync(partial(_load_payloads, sessions, caller, release_id))
     payloads = [dict(payload) for payload in release.payloads]
-    checks = await validate_images(registry, payloads, release.architectures)
+    checks = await validate_images(image_checks, payloads, release.architectures)
     return await anyio.to_thread.run_sync(
         partial(_store_verdict, sessions, caller, release_id, payloads, checks)
     )
