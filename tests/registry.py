@@ -227,3 +227,36 @@ def run_registry(workdir: Path, auth: str = "none") -> Iterator[Registry]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
+
+
+def push_blob(host: str, repository: str, content: bytes) -> str:
+    """Upload a blob through the Distribution API (monolithic upload); returns its digest."""
+    import hashlib
+
+    import httpx
+
+    digest = "sha256:" + hashlib.sha256(content).hexdigest()
+    started = httpx.post(f"http://{host}/v2/{repository}/blobs/uploads/")
+    started.raise_for_status()
+    location = started.headers["Location"]
+    url = location if location.startswith("http") else f"http://{host}{location}"
+    separator = "&" if "?" in url else "?"
+    httpx.put(
+        f"{url}{separator}digest={digest}",
+        content=content,
+        headers={"Content-Type": "application/octet-stream"},
+    ).raise_for_status()
+    return digest
+
+
+def push_manifest(host: str, repository: str, reference: str, content: bytes, media_type: str) -> str:
+    """Put a manifest or index under a tag or digest; returns the digest the registry reports."""
+    import httpx
+
+    response = httpx.put(
+        f"http://{host}/v2/{repository}/manifests/{reference}",
+        content=content,
+        headers={"Content-Type": media_type},
+    )
+    response.raise_for_status()
+    return str(response.headers["Docker-Content-Digest"])

@@ -28,6 +28,7 @@ from fleetlift.db import make_engine, make_session_factory
 from fleetlift.deployments import routes as deployment_routes
 from fleetlift.devices import routes as device_routes
 from fleetlift.images.signatures import load_public_keys
+from fleetlift.images.vulnerabilities import VulnerabilityPolicy
 from fleetlift.logs import configure as configure_logging
 from fleetlift.releases import routes as release_routes
 from fleetlift.releases.service import ImageChecks
@@ -75,6 +76,19 @@ def local_issuer(settings: Settings) -> LocalIssuer:
         issuer=settings.local_issuer,
         audience=settings.audience,
         max_ttl=timedelta(seconds=settings.token_max_ttl_seconds),
+    )
+
+
+def vulnerability_policy(settings: Settings) -> VulnerabilityPolicy | None:
+    """The vulnerability gate's policy, or None when the gate is off."""
+    if settings.vulnerability_max_severity is None:
+        return None
+    hours = settings.vulnerability_max_report_age_hours
+    return VulnerabilityPolicy(
+        max_severity=settings.vulnerability_max_severity,
+        fixable_only=settings.vulnerability_fixable_only,
+        allowlist=frozenset(settings.vulnerability_allowlist),
+        max_age=None if hours is None else timedelta(hours=hours),
     )
 
 
@@ -190,6 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.image_checks = ImageChecks(
         registry=app.state.image_registry,
         trusted_keys=load_public_keys([path.read_text() for path in settings.signature_key_files]),
+        vulnerability_policy=vulnerability_policy(settings),
     )
     app.state.link_secret = link_signing_key(settings)
 

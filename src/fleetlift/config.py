@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     # PEM public keys (cosign.pub) trusted to sign images; when any is set, every image needs a
     # valid signature from one of them.
     signature_key_files: list[Path] = Field(default_factory=list)
+    # The vulnerability gate, on when a highest allowed severity is set: every image needs a Trivy
+    # report attached (an OCI referrer) whose findings pass the policy.
+    vulnerability_max_severity: Literal["UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL"] | None = None
+    vulnerability_fixable_only: bool = False
+    vulnerability_allowlist: list[str] = Field(default_factory=list)
+    vulnerability_max_report_age_hours: float | None = None
     # Behind nginx: answer downloads with X-Accel-Redirect to this internal location and let nginx
     # send the file (filesystem store only). See docs/operations.md.
     accel_redirect_prefix: str | None = None

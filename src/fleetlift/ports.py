@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from fleetlift.images.rules import ImageRef, ResolvedImage
@@ -26,6 +26,10 @@ class ImageRegistry(Protocol):
 
     async def signature_layers(self, ref: ImageRef, digest: str) -> list[SignatureLayer]:
         """The cosign simple-signing layers stored for ``digest``; empty when it is unsigned."""
+        ...
+
+    async def vulnerability_report(self, ref: ImageRef, digest: str) -> dict[str, Any] | None:
+        """The Trivy JSON report attached to ``digest`` as a referrer, or None."""
         ...
 
 

@@ -4,10 +4,13 @@ checked per architecture, and a release that fails cannot be deployed until over
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -16,12 +19,13 @@ from fastapi.testclient import TestClient
 from fleetlift.app import create_app, local_issuer
 from fleetlift.auth import Role
 from fleetlift.config import Settings
-from fleetlift.images.rules import Platform
+from fleetlift.images.rules import OCI_INDEX, OCI_MANIFEST, Platform
 from fleetlift.images.signatures import signature_tag
+from fleetlift.images.vulnerabilities import TRIVY_REPORT
 from fleetlift.migrate import upgrade
 
 from ..oci_layout import BuiltImage, build_image, build_signature_image, simple_signing_payload
-from ..registry import Registry, run_registry, unavailable_reason
+from ..registry import Registry, push_blob, push_manifest, run_registry, unavailable_reason
 
 pytestmark = pytest.mark.registry
 
@@ -168,3 +172,119 @@ def test_images_must_be_signed_by_a_trusted_key(
     assert "does not verify with any trusted key" in signature["stranger"]["detail"]
     assert verdicts["unsigned"]["status"] == "failed"  # type: ignore[index]
     assert "no cosign signature" in signature["unsigned"]["detail"]
+
+
+def _attach_trivy_report(
+    running: Registry, repository: str, subject_digest: str, report: dict[str, object]
+) -> None:
+    """Attach a Trivy report as an OCI 1.1 referrer; this registry predates the referrers API, so
+    the referrer is also listed in the ``sha256-<hex>`` fallback tag, as ORAS and cosign do."""
+    content = json.dumps(report).encode()
+    empty = b"{}"
+    layer_digest = push_blob(running.host, repository, content)
+    config_digest = push_blob(running.host, repository, empty)
+    subject = fetch_descriptor(running, repository, subject_digest)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": TRIVY_REPORT,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config_digest, "size": 2},
+            "layers": [{"mediaType": "application/json", "digest": layer_digest, "size": len(content)}],
+            "subject": subject,
+        }
+    ).encode()
+    manifest_digest = push_manifest(
+        running.host, repository, "sha256:" + hashlib.sha256(manifest).hexdigest(), manifest, OCI_MANIFEST
+    )
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": manifest_digest,
+                    "size": len(manifest),
+                    "artifactType": TRIVY_REPORT,
+                }
+            ],
+        }
+    ).encode()
+    push_manifest(running.host, repository, subject_digest.replace(":", "-"), index, OCI_INDEX)
+
+
+def fetch_descriptor(running: Registry, repository: str, digest: str) -> dict[str, object]:
+    response = httpx.get(
+        f"http://{running.host}/v2/{repository}/manifests/{digest}", headers={"Accept": OCI_MANIFEST}
+    )
+    return {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(response.content)}
+
+
+def test_the_vulnerability_gate(registry: tuple[Registry, BuiltImage], tmp_path: Path) -> None:
+    running, _ = registry
+    workdir = tmp_path / "images"
+    now = datetime.now(UTC).isoformat()
+    reports = {
+        "clean": {
+            "CreatedAt": now,
+            "Results": [
+                {
+                    "Target": "x",
+                    "Vulnerabilities": [
+                        {
+                            "VulnerabilityID": "CVE-2026-0001",
+                            "Severity": "MEDIUM",
+                            "PkgName": "zlib",
+                            "FixedVersion": "1.3",
+                        }
+                    ],
+                }
+            ],
+        },
+        "critical": {
+            "CreatedAt": now,
+            "Results": [
+                {
+                    "Target": "x",
+                    "Vulnerabilities": [
+                        {
+                            "VulnerabilityID": "CVE-2026-0002",
+                            "Severity": "CRITICAL",
+                            "PkgName": "openssl",
+                            "FixedVersion": "3.1",
+                        }
+                    ],
+                }
+            ],
+        },
+        "stale": {"CreatedAt": "2026-01-01T00:00:00Z", "Results": []},
+    }
+    images = {}
+    for name in [*reports, "unscanned"]:
+        built = build_image(workdir / name, name, [Platform("linux", "arm64", "v8")], label=f"scan-{name}")
+        running.push(workdir / name, name, "acme/scanned")
+        if name in reports:
+            _attach_trivy_report(running, "acme/scanned", built.manifests["linux/arm64/v8"], reports[name])
+        images[name] = f"{running.host}/acme/scanned:{name}"
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        log_level="WARNING",
+        vulnerability_max_severity="HIGH",
+        vulnerability_max_report_age_hours=24 * 7,
+    )
+    upgrade(settings.resolved_database_url)
+    token = local_issuer(settings).issue("alice", [Role.ADMIN], timedelta(minutes=10))
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as client:
+        gate = {
+            name: next(
+                c
+                for c in _release(client, image, ["arm64"], name)["validation"]["checks"]
+                if c["name"] == "vulnerabilities"
+            )  # type: ignore[index]
+            for name, image in images.items()
+        }
+    assert gate["clean"]["passed"] and "1 finding(s)" in gate["clean"]["detail"]
+    assert not gate["critical"]["passed"] and "CVE-2026-0002 (CRITICAL)" in gate["critical"]["detail"]
+    assert not gate["stale"]["passed"] and "old" in gate["stale"]["detail"]
+    assert not gate["unscanned"]["passed"] and "no Trivy scan report" in gate["unscanned"]["detail"]

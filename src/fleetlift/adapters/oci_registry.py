@@ -16,7 +16,9 @@ import httpx
 from fleetlift.errors import BackendUnavailable, BadGateway, FieldError
 from fleetlift.images.rules import (
     ACCEPTED_MANIFESTS,
+    OCI_INDEX,
     Credentials,
+    Descriptor,
     ImageManifest,
     ImageNotFound,
     ImageRef,
@@ -32,11 +34,13 @@ from fleetlift.images.rules import (
     select_platform,
 )
 from fleetlift.images.signatures import SIGNATURE_ANNOTATION, SIMPLE_SIGNING, SignatureLayer, signature_tag
+from fleetlift.images.vulnerabilities import TRIVY_REPORT
 
 log = logging.getLogger("fleetlift.registry")
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # the distribution spec's limit; more is an attack or a bug
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
+MAX_REPORT_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -243,3 +247,32 @@ class OciRegistryClient:
         if len(content) > limit or digest_of(content) != digest:
             raise BadGateway(f"registry {ref.registry} sent blob content that does not match {digest}")
         return content
+
+    async def referrers(self, ref: ImageRef, digest: str) -> list[Descriptor]:
+        """Artifacts that refer to ``digest`` (signatures, reports): the OCI 1.1 referrers API,
+        or, for registries that lack it, the ``sha256-<hex>`` tag that lists them."""
+        response = await self._get(ref, f"referrers/{digest}", {"Accept": OCI_INDEX})
+        content_type = response.headers.get("content-type", "").split(";")[0].strip()
+        if response.status_code == 200 and content_type == OCI_INDEX:
+            document = parse_manifest(response.content, OCI_INDEX)
+            return list(document.manifests) if isinstance(document, Index) else []
+        try:
+            listed = await self.manifest(ref, digest.replace(":", "-", 1))
+        except ImageNotFound:
+            return []
+        return list(listed.document.manifests) if isinstance(listed.document, Index) else []
+
+    async def vulnerability_report(self, ref: ImageRef, digest: str) -> dict[str, Any] | None:
+        """The newest Trivy JSON report attached to ``digest``, or None when there is none."""
+        reports = [d for d in await self.referrers(ref, digest) if d.artifact_type == TRIVY_REPORT]
+        if not reports:
+            return None
+        manifest = await self.manifest(ref, reports[-1].digest)
+        if not isinstance(manifest.document, ImageManifest) or not manifest.document.layers:
+            raise BadGateway(f"the scan report attached to {ref} has no content")
+        content = await self._blob(ref, manifest.document.layers[0].digest, limit=MAX_REPORT_BYTES)
+        try:
+            report = json.loads(content)
+        except ValueError:
+            raise BadGateway(f"the scan report attached to {ref} is not JSON") from None
+        return report if isinstance(report, dict) else None

@@ -119,6 +119,7 @@ class Descriptor:
     size: int
     platform: Platform | None = None
     annotations: dict[str, str] = field(default_factory=dict)
+    artifact_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ def _descriptor(document: Mapping[str, Any]) -> Descriptor:
         annotations={str(k): str(v) for k, v in annotations.items()}
         if isinstance(annotations, Mapping)
         else {},
+        artifact_type=str(document["artifactType"]) if document.get("artifactType") else None,
     )
 
 

@@ -20,6 +20,7 @@ from fleetlift.etags import check_if_match
 from fleetlift.ids import new_id
 from fleetlift.images.rules import ResolvedImage, parse_image_reference
 from fleetlift.images.signatures import PublicKey, verify_simple_signing
+from fleetlift.images.vulnerabilities import VulnerabilityPolicy, findings_from_trivy, judge
 from fleetlift.pagination import Page, PageRequest, page_of
 from fleetlift.ports import ImageRegistry
 from fleetlift.releases import repository
@@ -77,6 +78,7 @@ class ImageChecks:
 
     registry: ImageRegistry
     trusted_keys: Sequence[PublicKey] = ()
+    vulnerability_policy: VulnerabilityPolicy | None = None
 
 
 async def _signature_check(checks: ImageChecks, image: str, resolved: ResolvedImage) -> Check:
@@ -86,6 +88,19 @@ async def _signature_check(checks: ImageChecks, image: str, resolved: ResolvedIm
         return Check("signature", image, False, error.detail)
     passed, detail = verify_simple_signing(layers, resolved.digest, checks.trusted_keys)
     return Check("signature", image, passed, detail)
+
+
+async def _vulnerability_check(checks: ImageChecks, image: str, resolved: ResolvedImage) -> Check:
+    assert checks.vulnerability_policy is not None
+    try:
+        report = await checks.registry.vulnerability_report(resolved.ref, resolved.digest)
+    except FleetliftError as error:
+        return Check("vulnerabilities", image, False, error.detail)
+    if report is None:
+        return Check("vulnerabilities", image, False, "no Trivy scan report is attached to the image")
+    created_at, findings = findings_from_trivy(report)
+    passed, detail = judge(checks.vulnerability_policy, created_at, findings, utcnow())
+    return Check("vulnerabilities", image, passed, detail)
 
 
 async def validate_images(
@@ -109,6 +124,8 @@ async def validate_images(
         checks += platform_checks(image, resolved.platforms, architectures)
         if checks_with.trusted_keys:
             checks.append(await _signature_check(checks_with, image, resolved))
+        if checks_with.vulnerability_policy is not None:
+            checks.append(await _vulnerability_check(checks_with, image, resolved))
     return checks
 
 
