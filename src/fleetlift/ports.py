@@ -28,6 +28,10 @@ class ImageRegistry(Protocol):
         """The cosign simple-signing layers stored for ``digest``; empty when it is unsigned."""
         ...
 
+    async def sigstore_bundles(self, ref: ImageRef, digest: str) -> list[object]:
+        """The Sigstore bundles attached to ``digest`` as OCI referrers."""
+        ...
+
     async def vulnerability_report(self, ref: ImageRef, digest: str) -> dict[str, Any] | None:
         """The Trivy JSON report attached to ``digest`` as a referrer, or None."""
         ...

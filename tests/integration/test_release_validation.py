@@ -26,6 +26,7 @@ from fleetlift.migrate import upgrade
 
 from ..oci_layout import BuiltImage, build_image, build_signature_image, simple_signing_payload
 from ..registry import Registry, push_blob, push_manifest, run_registry, unavailable_reason
+from ..unit.test_image_signatures import sigstore_bundle
 
 pytestmark = pytest.mark.registry
 
@@ -128,11 +129,24 @@ def signed_images(
     signing_key: ec.EllipticCurvePrivateKey,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
-    """Three tags: signed by the trusted key, signed by a stranger, and unsigned."""
+    """Tags signed by the trusted key (either format), signed by a stranger, and unsigned."""
     running, _ = registry
     workdir = tmp_path_factory.mktemp("signed")
     stranger = ec.generate_private_key(ec.SECP256R1())
     images = {}
+    bundled = build_image(workdir / "bundled", "bundled", [Platform("linux", "arm64", "v8")], label="bundled")
+    running.push(workdir / "bundled", "bundled", "acme/signed")
+    bundled_digest = bundled.manifests["linux/arm64/v8"]
+    bundle = json.dumps(sigstore_bundle(signing_key, bundled_digest)).encode()
+    _attach_referrer(
+        running,
+        "acme/signed",
+        bundled_digest,
+        "application/vnd.dev.sigstore.bundle.v0.3+json",
+        bundle,
+        "application/vnd.dev.sigstore.bundle.v0.3+json",
+    )
+    images["bundled"] = f"{running.host}/acme/signed:bundled"
     for name, key in (("trusted", signing_key), ("stranger", stranger), ("unsigned", None)):
         built = build_image(workdir / name, name, [Platform("linux", "arm64", "v8")], label=name)
         running.push(workdir / name, name, "acme/signed")
@@ -168,30 +182,35 @@ def test_images_must_be_signed_by_a_trusted_key(
         name: next(c for c in v["checks"] if c["name"] == "signature") for name, v in verdicts.items()
     }  # type: ignore[index]
     assert verdicts["trusted"]["status"] == "passed" and signature["trusted"]["passed"]  # type: ignore[index]
+    assert verdicts["bundled"]["status"] == "passed"  # type: ignore[index]
+    assert signature["bundled"]["detail"] == "a Sigstore bundle signed by a trusted key"
     assert verdicts["stranger"]["status"] == "failed"  # type: ignore[index]
     assert "does not verify with any trusted key" in signature["stranger"]["detail"]
     assert verdicts["unsigned"]["status"] == "failed"  # type: ignore[index]
     assert "no cosign signature" in signature["unsigned"]["detail"]
 
 
-def _attach_trivy_report(
-    running: Registry, repository: str, subject_digest: str, report: dict[str, object]
+def _attach_referrer(
+    running: Registry,
+    repository: str,
+    subject_digest: str,
+    artifact_type: str,
+    content: bytes,
+    media_type: str,
 ) -> None:
-    """Attach a Trivy report as an OCI 1.1 referrer; this registry predates the referrers API, so
-    the referrer is also listed in the ``sha256-<hex>`` fallback tag, as ORAS and cosign do."""
-    content = json.dumps(report).encode()
-    empty = b"{}"
+    """Attach an artifact as an OCI 1.1 referrer of ``subject_digest``. This registry predates the
+    referrers API, so the referrer is listed in the ``sha256-<hex>`` fallback tag, as ORAS and
+    cosign do."""
     layer_digest = push_blob(running.host, repository, content)
-    config_digest = push_blob(running.host, repository, empty)
-    subject = fetch_descriptor(running, repository, subject_digest)
+    config_digest = push_blob(running.host, repository, b"{}")
     manifest = json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "artifactType": TRIVY_REPORT,
+            "artifactType": artifact_type,
             "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config_digest, "size": 2},
-            "layers": [{"mediaType": "application/json", "digest": layer_digest, "size": len(content)}],
-            "subject": subject,
+            "layers": [{"mediaType": media_type, "digest": layer_digest, "size": len(content)}],
+            "subject": fetch_descriptor(running, repository, subject_digest),
         }
     ).encode()
     manifest_digest = push_manifest(
@@ -206,12 +225,20 @@ def _attach_trivy_report(
                     "mediaType": OCI_MANIFEST,
                     "digest": manifest_digest,
                     "size": len(manifest),
-                    "artifactType": TRIVY_REPORT,
+                    "artifactType": artifact_type,
                 }
             ],
         }
     ).encode()
     push_manifest(running.host, repository, subject_digest.replace(":", "-"), index, OCI_INDEX)
+
+
+def _attach_trivy_report(
+    running: Registry, repository: str, subject_digest: str, report: dict[str, object]
+) -> None:
+    _attach_referrer(
+        running, repository, subject_digest, TRIVY_REPORT, json.dumps(report).encode(), "application/json"
+    )
 
 
 def fetch_descriptor(running: Registry, repository: str, digest: str) -> dict[str, object]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -10,9 +11,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from fleetlift.images.signatures import (
     SignatureLayer,
+    dsse_pae,
     load_public_keys,
     signature_tag,
     signed_digest,
+    verify_sigstore_bundle,
     verify_simple_signing,
 )
 
@@ -90,3 +93,51 @@ def test_helpers() -> None:
     assert signed_digest(b"not json") is None and signed_digest(b'{"critical": {}}') is None
     with pytest.raises(ValueError, match="not a PEM public key"):
         load_public_keys(["-----BEGIN NOTHING-----"])
+
+
+def sigstore_bundle(
+    key: ec.EllipticCurvePrivateKey, digest: str, *, payload_type: str = "application/vnd.in-toto+json"
+) -> dict[str, object]:
+    """A Sigstore bundle as cosign writes it for a key-signed attestation of ``digest``."""
+    statement = {
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": "registry.local/acme/app", "digest": {"sha256": digest.split(":")[1]}}],
+        "predicateType": "https://sigstore.dev/cosign/sign/v1",
+        "predicate": {},
+    }
+    payload = json.dumps(statement).encode()
+    signature = key.sign(dsse_pae(payload_type, payload), ec.ECDSA(hashes.SHA256()))
+    return {
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": {"publicKey": {"hint": "trusted"}},
+        "dsseEnvelope": {
+            "payload": base64.b64encode(payload).decode(),
+            "payloadType": payload_type,
+            "signatures": [{"sig": base64.b64encode(signature).decode(), "keyid": ""}],
+        },
+    }
+
+
+def test_sigstore_bundles() -> None:
+    trusted = ec.generate_private_key(ec.SECP256R1())
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    keys = load_public_keys([_pem(trusted)])
+    good = sigstore_bundle(trusted, DIGEST)
+    assert verify_sigstore_bundle(good, DIGEST, keys) == (True, "a Sigstore bundle signed by a trusted key")
+    assert "another image" in verify_sigstore_bundle(good, "sha256:" + "cd" * 32, keys)[1]
+    assert "does not verify" in verify_sigstore_bundle(sigstore_bundle(stranger, DIGEST), DIGEST, keys)[1]
+    assert (
+        "not an in-toto"
+        in verify_sigstore_bundle(sigstore_bundle(trusted, DIGEST, payload_type="text/plain"), DIGEST, keys)[
+            1
+        ]
+    )
+    tampered = json.loads(json.dumps(good))
+    statement = json.loads(base64.b64decode(tampered["dsseEnvelope"]["payload"]))
+    statement["predicate"] = {"evil": True}
+    tampered["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    assert not verify_sigstore_bundle(tampered, DIGEST, keys)[0]
+    assert not verify_sigstore_bundle(None, DIGEST, keys)[0]
+    assert not verify_sigstore_bundle(
+        {"dsseEnvelope": {"payloadType": "application/vnd.in-toto+json", "payload": "!!"}}, DIGEST, keys
+    )[0]

@@ -33,7 +33,13 @@ from fleetlift.images.rules import (
     registry_host,
     select_platform,
 )
-from fleetlift.images.signatures import SIGNATURE_ANNOTATION, SIMPLE_SIGNING, SignatureLayer, signature_tag
+from fleetlift.images.signatures import (
+    SIGNATURE_ANNOTATION,
+    SIGSTORE_BUNDLE_TYPES,
+    SIMPLE_SIGNING,
+    SignatureLayer,
+    signature_tag,
+)
 from fleetlift.images.vulnerabilities import TRIVY_REPORT
 
 log = logging.getLogger("fleetlift.registry")
@@ -276,3 +282,20 @@ class OciRegistryClient:
         except ValueError:
             raise BadGateway(f"the scan report attached to {ref} is not JSON") from None
         return report if isinstance(report, dict) else None
+
+    async def sigstore_bundles(self, ref: ImageRef, digest: str) -> list[object]:
+        """The Sigstore bundles attached to ``digest`` as referrers (each its JSON document)."""
+        bundles: list[object] = []
+        for descriptor in await self.referrers(ref, digest):
+            if descriptor.artifact_type not in SIGSTORE_BUNDLE_TYPES:
+                continue
+            manifest = await self.manifest(ref, descriptor.digest)
+            if not isinstance(manifest.document, ImageManifest):
+                continue
+            for layer in manifest.document.layers:
+                content = await self._blob(ref, layer.digest, limit=MAX_CONFIG_BYTES)
+                try:
+                    bundles.append(json.loads(content))
+                except ValueError:
+                    bundles.append(None)  # counted, and refused, by the verifier
+        return bundles

@@ -96,3 +96,53 @@ def verify_simple_signing(
             return True, "signed by a trusted key"
         reasons.append("a signature does not verify with any trusted key")
     return False, "; ".join(dict.fromkeys(reasons))
+
+
+# --- Sigstore bundles (OCI 1.1 referrers): a DSSE envelope over an in-toto statement ----------
+
+SIGSTORE_BUNDLE_TYPES = frozenset(
+    {
+        "application/vnd.dev.sigstore.bundle+json;version=0.3",
+        "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "application/vnd.dev.sigstore.bundle+json;version=0.2",
+    }
+)
+IN_TOTO = "application/vnd.in-toto+json"
+
+
+def dsse_pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE's pre-authentication encoding: what a DSSE signature actually signs."""
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
+
+
+def verify_sigstore_bundle(bundle: object, digest: str, keys: Sequence[PublicKey]) -> tuple[bool, str]:
+    """Whether a Sigstore bundle holds a DSSE envelope, signed by a trusted key, over an in-toto
+    statement whose subject is ``digest``."""
+    if not isinstance(bundle, dict) or not isinstance(bundle.get("dsseEnvelope"), dict):
+        return False, "the bundle holds no DSSE envelope"
+    envelope = bundle["dsseEnvelope"]
+    payload_type = envelope.get("payloadType")
+    if payload_type != IN_TOTO:
+        return False, f"the envelope carries {payload_type!r}, not an in-toto statement"
+    try:
+        payload = base64.b64decode(envelope.get("payload", ""), validate=True)
+        statement = json.loads(payload)
+    except (ValueError, binascii.Error, TypeError):
+        return False, "the envelope's payload is not a base64 JSON statement"
+    algorithm, _, hex_digest = digest.partition(":")
+    subjects = statement.get("subject") if isinstance(statement, dict) else None
+    if not isinstance(subjects, list) or not any(
+        isinstance(s, dict) and isinstance(s.get("digest"), dict) and s["digest"].get(algorithm) == hex_digest
+        for s in subjects
+    ):
+        return False, "the statement is about another image"
+    signed_bytes = dsse_pae(payload_type, payload)
+    for entry in envelope.get("signatures", []):
+        try:
+            signature = base64.b64decode(entry.get("sig", ""), validate=True)
+        except (ValueError, binascii.Error, AttributeError):
+            continue
+        if any(_verifies(key, signed_bytes, signature) for key in keys):
+            return True, "a Sigstore bundle signed by a trusted key"
+    return False, "the bundle's signature does not verify with any trusted key"

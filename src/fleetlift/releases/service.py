@@ -19,7 +19,7 @@ from fleetlift.errors import Conflict, FieldError, FleetliftError, InvalidInput,
 from fleetlift.etags import check_if_match
 from fleetlift.ids import new_id
 from fleetlift.images.rules import ResolvedImage, parse_image_reference
-from fleetlift.images.signatures import PublicKey, verify_simple_signing
+from fleetlift.images.signatures import PublicKey, verify_sigstore_bundle, verify_simple_signing
 from fleetlift.images.vulnerabilities import VulnerabilityPolicy, findings_from_trivy, judge
 from fleetlift.pagination import Page, PageRequest, page_of
 from fleetlift.ports import ImageRegistry
@@ -82,12 +82,21 @@ class ImageChecks:
 
 
 async def _signature_check(checks: ImageChecks, image: str, resolved: ResolvedImage) -> Check:
+    """Either format counts: the ``.sig`` tag (simple signing) or a Sigstore bundle referrer."""
     try:
         layers = await checks.registry.signature_layers(resolved.ref, resolved.digest)
+        passed, detail = verify_simple_signing(layers, resolved.digest, checks.trusted_keys)
+        if passed:
+            return Check("signature", image, True, detail)
+        reasons = [detail]
+        for bundle in await checks.registry.sigstore_bundles(resolved.ref, resolved.digest):
+            passed, bundle_detail = verify_sigstore_bundle(bundle, resolved.digest, checks.trusted_keys)
+            if passed:
+                return Check("signature", image, True, bundle_detail)
+            reasons.append(bundle_detail)
     except FleetliftError as error:
         return Check("signature", image, False, error.detail)
-    passed, detail = verify_simple_signing(layers, resolved.digest, checks.trusted_keys)
-    return Check("signature", image, passed, detail)
+    return Check("signature", image, False, "; ".join(reasons))
 
 
 async def _vulnerability_check(checks: ImageChecks, image: str, resolved: ResolvedImage) -> Check:
