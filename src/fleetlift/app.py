@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 
 from fleetlift import __version__
-from fleetlift.adapters import build_artifact_store, build_image_registry
+from fleetlift.adapters import build_artifact_store, build_image_registry, docker_config_credentials
 from fleetlift.api import health, problems
 from fleetlift.api.deps import AuditIntent
 from fleetlift.api.middleware import RequestGuard, RequestMetrics
@@ -30,8 +31,10 @@ from fleetlift.devices import routes as device_routes
 from fleetlift.images.signatures import load_public_keys
 from fleetlift.images.vulnerabilities import VulnerabilityPolicy
 from fleetlift.logs import configure as configure_logging
+from fleetlift.registries import routes as registry_routes
 from fleetlift.releases import routes as release_routes
 from fleetlift.releases.service import ImageChecks
+from fleetlift.secrets_box import SecretBox, load_or_create_key
 from fleetlift.tenants import service as tenants
 
 API_PREFIX = "/api/v1"
@@ -92,6 +95,17 @@ def vulnerability_policy(settings: Settings) -> VulnerabilityPolicy | None:
     )
 
 
+def secrets_key(settings: Settings) -> bytes:
+    """The key that seals stored secrets: configured (base64 of 32 bytes), or made once under the
+    data directory. Every replica needs the same one."""
+    if settings.secrets_key is not None:
+        key = base64.b64decode(settings.secrets_key.get_secret_value())
+        if len(key) != 32:
+            raise ValueError("FLEETLIFT_SECRETS_KEY must be the base64 of 32 bytes")
+        return key
+    return load_or_create_key(settings.data_dir / "keys" / "secrets.key")
+
+
 def link_signing_key(settings: Settings) -> bytes:
     """The secret that signs download links: configured, or made once under the data directory."""
     if settings.link_signing_key is not None:
@@ -148,6 +162,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             {"name": "devices", "description": "The fleet: registration, tags, inventory."},
             {"name": "deployments", "description": "A release on a target, with per-device state."},
             {"name": "updates", "description": "Update one device or a batch now."},
+            {"name": "registries", "description": "Credentials for private image registries."},
             {"name": "audit", "description": "Who changed what, and how it ended."},
             {"name": "health", "description": "Liveness, readiness, metrics."},
         ],
@@ -201,8 +216,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.audit_refusal = _audit_refusal_recorder(app, settings)
     app.state.artifact_store = build_artifact_store(settings)
     app.state.image_registry = build_image_registry(settings)
+    app.state.secrets = SecretBox(secrets_key(settings))
     app.state.image_checks = ImageChecks(
         registry=app.state.image_registry,
+        secrets=app.state.secrets,
+        fallback_credentials=docker_config_credentials(settings),
         trusted_keys=load_public_keys([path.read_text() for path in settings.signature_key_files]),
         vulnerability_policy=vulnerability_policy(settings),
     )
@@ -216,6 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         deployment_routes.triggers,
         deployment_routes.router,
         audit_routes.router,
+        registry_routes.router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(artifact_routes.public)

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     artifact_max_bytes: int = 64 * 1024**3
     download_link_ttl_seconds: int = 900
     link_signing_key: SecretStr | None = None
+    secrets_key: SecretStr | None = None  # base64 of 32 bytes; seals stored registry passwords
     registry_auth_file: Path | None = None  # a Docker config.json with registry credentials
     registry_plain_http: list[str] = Field(default_factory=list)  # registries spoken to without TLS
     registry_timeout_seconds: float = 10.0

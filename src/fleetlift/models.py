@@ -5,6 +5,7 @@ from fleetlift.audit.models import AuditEntry
 from fleetlift.db import Base
 from fleetlift.deployments.models import Deployment, DeploymentDevice
 from fleetlift.devices.models import Device
+from fleetlift.registries.models import RegistryCredential
 from fleetlift.releases.models import Release
 from fleetlift.tenants.models import Tenant
 
@@ -17,6 +18,7 @@ __all__ = [
     "Deployment",
     "DeploymentDevice",
     "Device",
+    "RegistryCredential",
     "Release",
     "ReleaseArtifact",
     "Tenant",

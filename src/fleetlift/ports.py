@@ -3,12 +3,12 @@ are chosen in one place, ``fleetlift.adapters.build_artifact_store``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from fleetlift.images.rules import ImageRef, ResolvedImage
+    from fleetlift.images.rules import Credentials, ImageRef, ResolvedImage
     from fleetlift.images.signatures import SignatureLayer
 
 
@@ -19,6 +19,10 @@ class ImageRegistry(Protocol):
     resolved.digest      # "sha256:..." of the manifest or index bytes, computed, not trusted
     resolved.platforms   # (Platform("linux", "arm64", "v8"), ...)
     """
+
+    def bound(self, credentials: Callable[[str], Credentials | None]) -> ImageRegistry:
+        """The same registry access, authenticating with ``credentials`` (registry -> login)."""
+        ...
 
     async def resolve(self, ref: ImageRef) -> ResolvedImage:
         """The digest a reference points at now and the platforms it offers."""

@@ -136,6 +136,21 @@ def operations(api: Api) -> list[tuple[str, str, dict[str, Any] | bytes | None, 
             "deployment devices",
         ),
         ("GET", "/audit", None, Permission.AUDIT_READ, "audit"),
+        ("GET", "/registries", None, Permission.KEYS_MANAGE, "list registry credentials"),
+        (
+            "PUT",
+            "/registries/r.example/credentials",
+            {"username": "u", "password": "p"},
+            Permission.KEYS_MANAGE,
+            "store registry credentials",
+        ),
+        (
+            "DELETE",
+            "/registries/gone.example/credentials",
+            None,
+            Permission.KEYS_MANAGE,
+            "forget credentials",
+        ),
     ]
 
 

@@ -25,7 +25,7 @@ from fleetlift.images.vulnerabilities import TRIVY_REPORT
 from fleetlift.migrate import upgrade
 
 from ..oci_layout import BuiltImage, build_image, build_signature_image, simple_signing_payload
-from ..registry import Registry, push_blob, push_manifest, run_registry, unavailable_reason
+from ..registry import PASSWORD, USER, Registry, push_blob, push_manifest, run_registry, unavailable_reason
 from ..unit.test_image_signatures import sigstore_bundle
 
 pytestmark = pytest.mark.registry
@@ -315,3 +315,28 @@ def test_the_vulnerability_gate(registry: tuple[Registry, BuiltImage], tmp_path:
     assert not gate["critical"]["passed"] and "CVE-2026-0002 (CRITICAL)" in gate["critical"]["detail"]
     assert not gate["stale"]["passed"] and "old" in gate["stale"]["detail"]
     assert not gate["unscanned"]["passed"] and "no Trivy scan report" in gate["unscanned"]["detail"]
+
+
+def test_stored_credentials_open_a_private_registry(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    if unavailable_reason():
+        pytest.skip(f"registry leg skipped: {unavailable_reason()}")
+    with run_registry(tmp_path / "private", auth="basic") as private:
+        build_image(tmp_path / "image", "1.0", [Platform("linux", "arm64", "v8")], label="private")
+        private.push(tmp_path / "image", "1.0", "acme/private")
+        settings = Settings(data_dir=tmp_path / "data", log_level="WARNING")
+        upgrade(settings.resolved_database_url)
+        token = local_issuer(settings).issue("alice", [Role.ADMIN], timedelta(minutes=10))
+        image = f"{private.host}/acme/private:1.0"
+        with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as client:
+            anonymous = _release(client, image, ["arm64"], "anonymous")
+            client.put(
+                f"/api/v1/registries/{private.host}/credentials",
+                json={"username": USER, "password": PASSWORD},
+            )
+            authorised = _release(client, image, ["arm64"], "authorised")
+    assert anonymous["validation"]["status"] == "failed"  # type: ignore[index]
+    assert "needs credentials" in anonymous["validation"]["checks"][0]["detail"]  # type: ignore[index]
+    assert authorised["validation"]["status"] == "passed"  # type: ignore[index]
+    assert "@sha256:" in authorised["payloads"][0]["image"]  # type: ignore[index]

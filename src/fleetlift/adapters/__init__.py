@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fleetlift.config import Settings
+from fleetlift.images.rules import Credentials, credentials_from_docker_config
 from fleetlift.ports import ArtifactStore, ImageRegistry
 
 
@@ -39,16 +40,20 @@ ARTIFACT_STORES: dict[str, Callable[[Settings], ArtifactStore]] = {
 }
 
 
-def build_image_registry(settings: Settings) -> ImageRegistry:
-    """The registry client, with credentials from the configured Docker config.json."""
-    from fleetlift.adapters.oci_registry import OciRegistryClient
-    from fleetlift.images.rules import credentials_from_docker_config
-
+def docker_config_credentials(settings: Settings) -> Callable[[str], Credentials | None]:
+    """Credentials by registry from the configured Docker config.json (none when unset)."""
     docker_config: dict[str, Any] = {}
     if settings.registry_auth_file is not None:
         docker_config = json.loads(settings.registry_auth_file.read_text())
+    return lambda registry: credentials_from_docker_config(docker_config, registry)
+
+
+def build_image_registry(settings: Settings) -> ImageRegistry:
+    """The registry client, with credentials from the configured Docker config.json."""
+    from fleetlift.adapters.oci_registry import OciRegistryClient
+
     return OciRegistryClient(
-        credentials=lambda registry: credentials_from_docker_config(docker_config, registry),
+        credentials=docker_config_credentials(settings),
         plain_http=frozenset(settings.registry_plain_http),
         timeout=settings.registry_timeout_seconds,
     )

@@ -77,11 +77,29 @@ class OciRegistryClient:
         self.credentials = credentials
         self.plain_http = plain_http
         self.http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=True)
-        self.tokens: dict[tuple[str, str], _Token] = {}
-        self.basic: set[str] = set()
+        self.tokens: dict[tuple[str, str, str], _Token] = {}
+        self.basic: set[tuple[str, str]] = set()
+        self.owns_http = True
+
+    def bound(self, credentials: Callable[[str], Credentials | None]) -> OciRegistryClient:
+        """A client that shares connections with this one but answers challenges with other
+        credentials (a tenant's). Tokens are cached per credentials, never shared across them."""
+        view = object.__new__(OciRegistryClient)
+        view.credentials = credentials
+        view.plain_http = self.plain_http
+        view.http = self.http
+        view.tokens = self.tokens
+        view.basic = self.basic
+        view.owns_http = False
+        return view
+
+    def _identity(self, registry: str) -> str:
+        credentials = self.credentials(registry)
+        return "" if credentials is None else credentials.username
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self.owns_http:
+            await self.http.aclose()
 
     def _base(self, registry: str) -> str:
         host = registry_host(registry)
@@ -112,10 +130,10 @@ class OciRegistryClient:
         raise AssertionError("unreachable")
 
     def _authorization(self, registry: str, scope: str) -> str | None:
-        token = self.tokens.get((registry, scope))
+        token = self.tokens.get((registry, scope, self._identity(registry)))
         if token is not None and token.expires_at > time.monotonic():
             return f"Bearer {token.value}"
-        if registry in self.basic:
+        if (registry, self._identity(registry)) in self.basic:
             credentials = self.credentials(registry)
             if credentials is not None:
                 pair = f"{credentials.username}:{credentials.password}".encode()
@@ -128,7 +146,7 @@ class OciRegistryClient:
         if challenge.scheme == "basic":
             if credentials is None:
                 raise BadGateway(f"registry {registry} needs credentials and none are configured for it")
-            self.basic.add(registry)
+            self.basic.add((registry, credentials.username))
             return
         if challenge.scheme != "bearer" or "realm" not in challenge.params:
             raise BadGateway(
@@ -152,7 +170,9 @@ class OciRegistryClient:
             raise BadGateway(f"the token service of registry {registry} sent no token")
         lifetime = body.get("expires_in") if isinstance(body.get("expires_in"), int) else 60
         # Refresh a little early so a token never expires between check and use.
-        self.tokens[(registry, scope)] = _Token(value, time.monotonic() + max(lifetime - 10, 1))
+        self.tokens[(registry, scope, self._identity(registry))] = _Token(
+            value, time.monotonic() + max(lifetime - 10, 1)
+        )
 
     async def manifest(self, ref: ImageRef, reference: str | None = None) -> FetchedManifest:
         """A manifest or index by tag or digest, its digest computed from the bytes received."""

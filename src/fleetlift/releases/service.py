@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -18,15 +18,17 @@ from fleetlift.db import transaction, utcnow
 from fleetlift.errors import Conflict, FieldError, FleetliftError, InvalidInput, NotFound
 from fleetlift.etags import check_if_match
 from fleetlift.ids import new_id
-from fleetlift.images.rules import ResolvedImage, parse_image_reference
+from fleetlift.images.rules import Credentials, ResolvedImage, parse_image_reference
 from fleetlift.images.signatures import PublicKey, verify_sigstore_bundle, verify_simple_signing
 from fleetlift.images.vulnerabilities import VulnerabilityPolicy, findings_from_trivy, judge
 from fleetlift.pagination import Page, PageRequest, page_of
 from fleetlift.ports import ImageRegistry
+from fleetlift.registries import service as registries
 from fleetlift.releases import repository
 from fleetlift.releases.models import Release
 from fleetlift.releases.rules import Check, deploy_refusal, platform_checks, verdict, with_override
 from fleetlift.releases.schemas import ReleaseCreate, ReleaseUpdate
+from fleetlift.secrets_box import SecretBox
 
 
 def _resolve_file_payloads(session: Session, caller: Caller, payloads: list[dict[str, Any]]) -> list[str]:
@@ -79,6 +81,31 @@ class ImageChecks:
     registry: ImageRegistry
     trusted_keys: Sequence[PublicKey] = ()
     vulnerability_policy: VulnerabilityPolicy | None = None
+    secrets: SecretBox | None = None
+    fallback_credentials: Callable[[str], Credentials | None] = lambda registry: None
+
+    def for_tenant(self, credentials: Mapping[str, Credentials]) -> ImageChecks:
+        """The checks with the registry authenticating as the tenant (its stored credentials
+        first, then the server's Docker config)."""
+        fallback = self.fallback_credentials
+        registry = self.registry.bound(lambda host: credentials.get(host) or fallback(host))
+        return ImageChecks(registry, self.trusted_keys, self.vulnerability_policy, self.secrets, fallback)
+
+
+def _tenant_credentials(
+    sessions: sessionmaker[Session], box: SecretBox | None, tenant_id: str
+) -> dict[str, Credentials]:
+    if box is None:
+        return {}
+    with sessions() as session:
+        return registries.credentials_by_registry(session=session, box=box, tenant_id=tenant_id)
+
+
+async def _checks_for(sessions: sessionmaker[Session], checks: ImageChecks, caller: Caller) -> ImageChecks:
+    credentials = await anyio.to_thread.run_sync(
+        partial(_tenant_credentials, sessions, checks.secrets, caller.tenant_id)
+    )
+    return checks.for_tenant(credentials)
 
 
 async def _signature_check(checks: ImageChecks, image: str, resolved: ResolvedImage) -> Check:
@@ -144,7 +171,9 @@ async def create(
     """Publish a release: images are pinned to digests and checked, and the verdict is stored;
     a name and version pair exists once per tenant."""
     payloads: list[dict[str, Any]] = [payload.model_dump(mode="json") for payload in data.payloads]
-    checks = await validate_images(image_checks, payloads, data.architectures)
+    checks = await validate_images(
+        await _checks_for(sessions, image_checks, caller), payloads, data.architectures
+    )
     return await anyio.to_thread.run_sync(partial(_create_rows, sessions, caller, data, payloads, checks))
 
 
@@ -278,7 +307,9 @@ async def revalidate(
     replaces the old one, override included."""
     release = await anyio.to_thread.run_sync(partial(_load_payloads, sessions, caller, release_id))
     payloads = [dict(payload) for payload in release.payloads]
-    checks = await validate_images(image_checks, payloads, release.architectures)
+    checks = await validate_images(
+        await _checks_for(sessions, image_checks, caller), payloads, release.architectures
+    )
     return await anyio.to_thread.run_sync(
         partial(_store_verdict, sessions, caller, release_id, payloads, checks)
     )
