@@ -10,17 +10,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"
 # Azurite's documented development account; the key is public and only opens the emulator.
 ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def unavailable_reason() -> str | None:
@@ -35,7 +31,7 @@ def unavailable_reason() -> str | None:
 @contextmanager
 def azurite(workdir: Path) -> Iterator[str]:
     """Run Azurite's blob service; yields its connection string."""
-    port = _free_port()
+    port = free_port()
     log = (workdir / "azurite.log").open("w")
     process = subprocess.Popen(
         [

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from .ports import free_port
+
 USER, PASSWORD = "alice", "s3cret-passw0rd"
 SERVICE = "fleetlift-test-registry"
 
@@ -34,12 +36,6 @@ def unavailable_reason() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (make test installs it with apt-get)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_for(port: int, process: subprocess.Popen[bytes], log: Path) -> None:

@@ -4,7 +4,6 @@ as processes, then the README walk-through over real HTTP."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ..ports import free_port
+
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(data_dir: Path) -> dict[str, str]:
@@ -42,7 +37,7 @@ def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    port = _free_port()
+    port = free_port()
     assert _cli(tmp_path, "migrate").returncode == 0
     log_path = tmp_path / "server.log"
     with log_path.open("w") as log:
