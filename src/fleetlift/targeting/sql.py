@@ -94,11 +94,13 @@ class _Json:
         """The value as SQL of ``kind``; only meaningful where ``kind_is`` holds."""
         raise NotImplementedError
 
-    def bind(self, value: Value) -> Any:
-        """A literal as the Python value to bind against ``scalar``."""
+    def bind(self, value: Value) -> ColumnElement[Any]:
+        """A literal as a bound parameter comparable with ``scalar``."""
         if isinstance(value, bool):
-            return "true" if value else "false"
-        return value
+            return literal("true" if value else "false", String)
+        if isinstance(value, str):
+            return literal(value, String)
+        return literal(value)  # SQLite compares integers and reals exactly
 
     def id_ordered(self, device_id: SQLColumnExpression[Any]) -> SQLColumnExpression[Any]:
         """The ID column as compared by ``<`` and friends: by code point."""
@@ -160,10 +162,12 @@ class _PostgresJson(_Json):
             return self._text(path).collate("C")
         return self._text(path)  # 'true' or 'false'
 
-    def bind(self, value: Value) -> Any:
-        if isinstance(value, float):
-            # The shortest decimal, as Python's json writes floats into the documents.
-            return Decimal(repr(value))
+    def bind(self, value: Value) -> ColumnElement[Any]:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # Typed, or an IN list would take the type of its first value (an int4 that 2**31
+            # overflows). A float is bound as its shortest decimal, which is how Python's json
+            # writes floats into the documents.
+            return literal(Decimal(repr(value)) if isinstance(value, float) else value, Numeric)
         return super().bind(value)
 
     def id_ordered(self, device_id: SQLColumnExpression[Any]) -> SQLColumnExpression[Any]:
@@ -206,7 +210,7 @@ class _Compiler:
             strings = [value for value in condition.values if isinstance(value, str)]
             listed = self.device_id.in_(strings) if strings else false()
             return not_(listed) if condition.negated else listed
-        by_kind: dict[str, list[Any]] = {}
+        by_kind: dict[str, list[ColumnElement[Any]]] = {}
         for value in condition.values:
             by_kind.setdefault(str(value_kind(value)), []).append(self.json.bind(value))
         member = or_(
