@@ -254,3 +254,21 @@ def test_a_digest_that_does_not_match_the_bytes_is_refused(lying_registry: str) 
             await client.manifest(pinned)
 
     run(scenario)
+
+
+def test_tokens_are_never_shared_across_credentials(token: Registry) -> None:
+    ref = parse_image_reference(f"{token.host}/acme/telemetry:1.0")
+
+    async def scenario() -> None:
+        shared = OciRegistryClient()
+        try:
+            tenant_a = shared.bound(lambda registry: Credentials(USER, PASSWORD))
+            tenant_b = shared.bound(lambda registry: None)
+            assert (await tenant_a.resolve(ref)).digest
+            with pytest.raises(BadGateway, match="refused access"):
+                await tenant_b.resolve(ref)  # same scope, but A's token must not serve B
+            assert (await tenant_a.resolve(ref)).digest  # A's cached token still works
+        finally:
+            await shared.close()
+
+    anyio.run(scenario)

@@ -73,25 +73,23 @@ class OciRegistryClient:
         plain_http: frozenset[str] = frozenset(),
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        shared_with: OciRegistryClient | None = None,
     ) -> None:
         self.credentials = credentials
         self.plain_http = plain_http
-        self.http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=True)
-        self.tokens: dict[tuple[str, str, str], _Token] = {}
-        self.basic: set[tuple[str, str]] = set()
-        self.owns_http = True
+        self.owns_http = shared_with is None
+        if shared_with is None:
+            self.http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=True)
+            # Keyed by the identity that earned them: a token is never used for other credentials.
+            self.tokens: dict[tuple[str, str, str], _Token] = {}
+            self.basic: set[tuple[str, str]] = set()
+        else:
+            self.http, self.tokens, self.basic = shared_with.http, shared_with.tokens, shared_with.basic
 
     def bound(self, credentials: Callable[[str], Credentials | None]) -> OciRegistryClient:
-        """A client that shares connections with this one but answers challenges with other
-        credentials (a tenant's). Tokens are cached per credentials, never shared across them."""
-        view = object.__new__(OciRegistryClient)
-        view.credentials = credentials
-        view.plain_http = self.plain_http
-        view.http = self.http
-        view.tokens = self.tokens
-        view.basic = self.basic
-        view.owns_http = False
-        return view
+        """A client that shares connections and caches with this one but answers challenges with
+        other credentials (a tenant's)."""
+        return OciRegistryClient(credentials=credentials, plain_http=self.plain_http, shared_with=self)
 
     def _identity(self, registry: str) -> str:
         credentials = self.credentials(registry)
