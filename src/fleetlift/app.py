@@ -36,6 +36,7 @@ from fleetlift.releases import routes as release_routes
 from fleetlift.releases.service import ImageChecks
 from fleetlift.secrets_box import SecretBox, load_or_create_key
 from fleetlift.tenants import service as tenants
+from fleetlift.trust import routes as trust_routes
 
 API_PREFIX = "/api/v1"
 API_VERSION = "1.0.0"
@@ -164,6 +165,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             {"name": "updates", "description": "Update one device or a batch now."},
             {"name": "registries", "description": "Credentials for private image registries."},
             {"name": "audit", "description": "Who changed what, and how it ended."},
+            {"name": "trust", "description": "TUF metadata and targets for devices."},
             {"name": "health", "description": "Liveness, readiness, metrics."},
         ],
         servers=[{"url": "/", "description": "This server"}],
@@ -238,6 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(artifact_routes.public)
+    app.include_router(trust_routes.router)
     app.include_router(health.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 

@@ -5,16 +5,24 @@ from __future__ import annotations
 import re
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from fleetlift.auth import Role
 from fleetlift.config import Settings
+from fleetlift.trust.repository import TrustRepository, tenant_repository
 
 app = typer.Typer(help="fleetlift: update management for fleets of IoT gateways.", no_args_is_help=True)
 token_app = typer.Typer(help="Bearer tokens from the embedded issuer.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+keys_app = typer.Typer(help="TUF signing keys of a tenant's artifacts.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+TenantOption = Annotated[
+    str | None, typer.Option("--tenant", help="Tenant; the default tenant when omitted.")
+]
+RoleArgument = Annotated[str, typer.Argument(help="root, targets, snapshot or timestamp.")]
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -105,6 +113,73 @@ def token_create(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
     sys.stdout.write(token + "\n")
+
+
+def _trust(tenant: str | None) -> tuple[TrustRepository, str]:
+    settings = Settings()
+    tenant_id = tenant or settings.default_tenant
+    return tenant_repository(settings.data_dir, tenant_id), tenant_id
+
+
+@keys_app.command("init")
+def keys_init(tenant: TenantOption = None) -> None:
+    """Create the four TUF role keys and the first signed metadata (done on first upload too)."""
+    repository, tenant_id = _trust(tenant)
+    repository.ensure_initialised()
+    typer.echo(f"TUF repository of tenant {tenant_id} is ready", err=True)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    role: RoleArgument,
+    tenant: TenantOption = None,
+    root_key: Annotated[
+        Path | None, typer.Option(help="The offline root key, when it is not on the server.")
+    ] = None,
+) -> None:
+    """Replace a role's key; a new root version (signed by the old root key) announces it."""
+    repository, tenant_id = _trust(tenant)
+    try:
+        version = repository.rotate(role, root_key_file=root_key)
+    except (ValueError, PermissionError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"rotated the {role} key of tenant {tenant_id}; root is now version {version}", err=True)
+
+
+@keys_app.command("take-offline")
+def keys_take_offline(
+    role: RoleArgument,
+    to: Annotated[Path, typer.Option("--to", help="Where to write the private key (must not exist).")],
+    tenant: TenantOption = None,
+) -> None:
+    """Move the root or targets private key off the server."""
+    repository, tenant_id = _trust(tenant)
+    try:
+        repository.take_offline(role, to)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"the {role} key of tenant {tenant_id} is now only at {to}", err=True)
+
+
+@keys_app.command("sign")
+def keys_sign(
+    role: Annotated[str, typer.Argument(help="targets (the role that can be signed offline).")],
+    key: Annotated[Path, typer.Option("--key", help="The offline private key.")],
+    tenant: TenantOption = None,
+) -> None:
+    """Sign the targets waiting since the targets key went offline, and publish them."""
+    if role != "targets":
+        typer.echo("error: only targets are signed offline; root changes through `keys rotate`", err=True)
+        raise typer.Exit(2)
+    repository, tenant_id = _trust(tenant)
+    try:
+        count = repository.sign_targets(key)
+    except (ValueError, PermissionError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
+    typer.echo(f"signed and published {count} pending target(s) of tenant {tenant_id}", err=True)
 
 
 def main() -> None:

@@ -32,7 +32,9 @@ def test_document_is_valid_openapi_3_1(spec: dict[str, Any]) -> None:
 def test_api_version_is_in_path_and_info(spec: dict[str, Any]) -> None:
     assert spec["info"]["version"].startswith("1.")
     management = [path for path in spec["paths"] if path not in ("/healthz", "/readyz", "/metrics")]
-    assert management and all(path.startswith(("/api/v1/", "/downloads/v1/")) for path in management)
+    assert management and all(
+        path.startswith(("/api/v1/", "/downloads/v1/", "/tuf/v1/")) for path in management
+    )
 
 
 def test_every_management_operation_is_fully_described(spec: dict[str, Any]) -> None:

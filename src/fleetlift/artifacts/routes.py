@@ -46,7 +46,8 @@ def _intent(action: str) -> AuditIntent:
     return AuditIntent(action=action, resource_type="artifact", resource_param="artifact_id")
 
 
-def _stream(download: service.Download) -> Response:
+def stream_download(download: service.Download) -> Response:
+    """A planned download as an HTTP answer, streamed."""
     if download.body is None:
         return Response(status_code=download.status, headers=download.headers)
     return StreamingResponse(download.body, status_code=download.status, headers=download.headers)
@@ -102,6 +103,7 @@ async def upload_artifact(
         meta=meta,
         chunks=request.stream(),
         max_bytes=state.settings.artifact_max_bytes,
+        trust_root=state.settings.data_dir,
     )
     response.status_code = 201 if uploaded.created else 200
     response.headers["Location"] = f"/api/v1/artifacts/{uploaded.artifact.id}"
@@ -194,7 +196,7 @@ async def download_artifact(artifact_id: str, request: Request, caller: Reader) 
         if_range=request.headers.get("if-range"),
         accel_redirect_prefix=state.settings.accel_redirect_prefix,
     )
-    return _stream(download)
+    return stream_download(download)
 
 
 async def _load(request: Request, caller: Caller, artifact_id: str) -> service.StoredArtifact:
@@ -268,4 +270,4 @@ async def download_by_link(
         if_range=request.headers.get("if-range"),
         accel_redirect_prefix=state.settings.accel_redirect_prefix,
     )
-    return _stream(download)
+    return stream_download(download)

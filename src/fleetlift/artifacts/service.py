@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
 import anyio
@@ -26,6 +27,7 @@ from fleetlift.etags import check_if_match
 from fleetlift.ids import new_id
 from fleetlift.pagination import Page, PageRequest, page_of
 from fleetlift.ports import ArtifactStore
+from fleetlift.trust.repository import tenant_repository
 
 T = TypeVar("T")
 
@@ -111,6 +113,7 @@ async def upload(
     meta: UploadMeta,
     chunks: AsyncIterator[bytes],
     max_bytes: int,
+    trust_root: Path | None = None,
 ) -> Uploaded:
     """Stream an upload into the store while hashing it; check the expected hash; keep one copy
     of each distinct content. A failed upload leaves nothing behind."""
@@ -147,7 +150,18 @@ async def upload(
         raise
     if duplicate:
         await store.delete(key)  # the content was stored already: keep one copy
+    if created and trust_root is not None:
+        # Signed TUF metadata for the new target, so devices can verify what they download.
+        repository_of_tenant = tenant_repository(trust_root, caller.tenant_id)
+        await _in_thread(
+            partial(repository_of_tenant.add_target, target_path(artifact), length=size, sha256=sha256)
+        )
     return Uploaded(artifact, created)
+
+
+def target_path(artifact: Artifact) -> str:
+    """The artifact's path in the tenant's TUF targets."""
+    return f"{artifact.id}/{artifact.filename}"
 
 
 def get(*, session: Session, caller: Caller, artifact_id: str) -> Artifact:
@@ -236,7 +250,12 @@ class StoredArtifact:
 
 def get_stored(*, session: Session, caller: Caller, artifact_id: str) -> StoredArtifact:
     """An artifact of the caller's tenant, ready to download."""
-    found = repository.get_with_storage_key(session, tenant_id=caller.tenant_id, artifact_id=artifact_id)
+    return stored_in_tenant(session=session, tenant_id=caller.tenant_id, artifact_id=artifact_id)
+
+
+def stored_in_tenant(*, session: Session, tenant_id: str, artifact_id: str) -> StoredArtifact:
+    """An artifact of a tenant, ready to download."""
+    found = repository.get_with_storage_key(session, tenant_id=tenant_id, artifact_id=artifact_id)
     if found is None:
         raise NotFound(f"no artifact '{artifact_id}' in this tenant")
     return StoredArtifact(*found)
@@ -274,7 +293,8 @@ async def download(
             return Download(416, {**headers, "Content-Range": f"bytes */{artifact.size}"}, None)
     if wanted is None:
         headers["Content-Length"] = str(artifact.size)
-        return Download(200, headers, store.read(key))
+        # Never more than the recorded length, whatever the store holds now.
+        return Download(200, headers, store.read(key, start=0, end=artifact.size - 1))
     headers["Content-Length"] = str(wanted.length)
     headers["Content-Range"] = f"bytes {wanted.start}-{wanted.end}/{artifact.size}"
     return Download(206, headers, store.read(key, start=wanted.start, end=wanted.end))
