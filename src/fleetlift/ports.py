@@ -36,6 +36,10 @@ class ImageRegistry(Protocol):
         """The Sigstore bundles attached to ``digest`` as OCI referrers."""
         ...
 
+    async def attestations(self, ref: ImageRef, digest: str) -> list[object]:
+        """The DSSE envelopes cosign attached to ``digest`` (``sha256-<hex>.att``)."""
+        ...
+
     async def vulnerability_report(self, ref: ImageRef, digest: str) -> dict[str, Any] | None:
         """The Trivy JSON report attached to ``digest`` as a referrer, or None."""
         ...

@@ -20,7 +20,7 @@ from fleetlift.app import create_app, local_issuer
 from fleetlift.auth import Role
 from fleetlift.config import Settings
 from fleetlift.images.rules import OCI_INDEX, OCI_MANIFEST, Platform
-from fleetlift.images.signatures import signature_tag
+from fleetlift.images.signatures import dsse_pae, signature_tag
 from fleetlift.images.vulnerabilities import TRIVY_REPORT
 from fleetlift.migrate import upgrade
 
@@ -314,7 +314,10 @@ def test_the_vulnerability_gate(registry: tuple[Registry, BuiltImage], tmp_path:
     assert gate["clean"]["passed"] and "1 finding(s)" in gate["clean"]["detail"]
     assert not gate["critical"]["passed"] and "CVE-2026-0002 (CRITICAL)" in gate["critical"]["detail"]
     assert not gate["stale"]["passed"] and "old" in gate["stale"]["detail"]
-    assert not gate["unscanned"]["passed"] and "no Trivy scan report" in gate["unscanned"]["detail"]
+    assert (
+        not gate["unscanned"]["passed"]
+        and "no Trivy scan report or vulnerability attestation" in gate["unscanned"]["detail"]
+    )
 
 
 def test_stored_credentials_open_a_private_registry(
@@ -340,3 +343,108 @@ def test_stored_credentials_open_a_private_registry(
     assert "needs credentials" in anonymous["validation"]["checks"][0]["detail"]  # type: ignore[index]
     assert authorised["validation"]["status"] == "passed"  # type: ignore[index]
     assert "@sha256:" in authorised["payloads"][0]["image"]  # type: ignore[index]
+
+
+def _attach_vulnerability_attestation(
+    running: Registry,
+    repository: str,
+    digest: str,
+    result: dict[str, object],
+    key: ec.EllipticCurvePrivateKey,
+) -> None:
+    """What `cosign attest --type vuln` leaves: a DSSE envelope layer under ``sha256-<hex>.att``."""
+    statement = {
+        "_type": "https://in-toto.io/Statement/v0.1",
+        "subject": [{"name": f"{running.host}/{repository}", "digest": {"sha256": digest.split(":")[1]}}],
+        "predicateType": "https://cosign.sigstore.dev/attestation/vuln/v1",
+        "predicate": {
+            "scanner": {"uri": "pkg:github/aquasecurity/trivy", "version": "0.58.0", "result": result},
+            "metadata": {
+                "scanStartedOn": datetime.now(UTC).isoformat(),
+                "scanFinishedOn": datetime.now(UTC).isoformat(),
+            },
+        },
+    }
+    payload = json.dumps(statement).encode()
+    signature = key.sign(dsse_pae("application/vnd.in-toto+json", payload), ec.ECDSA(hashes.SHA256()))
+    envelope = json.dumps(
+        {
+            "payloadType": "application/vnd.in-toto+json",
+            "payload": base64.b64encode(payload).decode(),
+            "signatures": [{"keyid": "", "sig": base64.b64encode(signature).decode()}],
+        }
+    ).encode()
+    layer = push_blob(running.host, repository, envelope)
+    config = push_blob(running.host, repository, b"{}")
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
+            "layers": [
+                {"mediaType": "application/vnd.dsse.envelope.v1+json", "digest": layer, "size": len(envelope)}
+            ],
+        }
+    ).encode()
+    push_manifest(running.host, repository, signature_tag(digest, "att"), manifest, OCI_MANIFEST)
+
+
+def test_vulnerability_attestations_feed_the_gate(
+    registry: tuple[Registry, BuiltImage], signing_key: ec.EllipticCurvePrivateKey, tmp_path: Path
+) -> None:
+    running, _ = registry
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    critical = {
+        "Results": [
+            {
+                "Target": "x",
+                "Vulnerabilities": [
+                    {
+                        "VulnerabilityID": "CVE-2026-0666",
+                        "Severity": "CRITICAL",
+                        "PkgName": "openssl",
+                        "FixedVersion": "3.2",
+                    }
+                ],
+            }
+        ]
+    }
+    cases = {
+        "attested-clean": ({"Results": []}, signing_key),
+        "attested-critical": (critical, signing_key),
+        "attested-by-stranger": ({"Results": []}, stranger),
+    }
+    images = {}
+    for name, (result, key) in cases.items():
+        built = build_image(tmp_path / name, name, [Platform("linux", "arm64", "v8")], label=name)
+        running.push(tmp_path / name, name, "acme/attested")
+        _attach_vulnerability_attestation(
+            running, "acme/attested", built.manifests["linux/arm64/v8"], result, key
+        )
+        images[name] = f"{running.host}/acme/attested:{name}"
+    key_file = tmp_path / "cosign.pub"
+    key_file.write_bytes(
+        signing_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        log_level="WARNING",
+        vulnerability_max_severity="HIGH",
+        signature_key_files=[key_file],
+    )
+    upgrade(settings.resolved_database_url)
+    token = local_issuer(settings).issue("alice", [Role.ADMIN], timedelta(minutes=10))
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as client:
+        gate = {
+            name: next(
+                c
+                for c in _release(client, image, ["arm64"], name)["validation"]["checks"]
+                if c["name"] == "vulnerabilities"
+            )  # type: ignore[index]
+            for name, image in images.items()
+        }
+    assert gate["attested-clean"]["passed"]
+    assert not gate["attested-critical"]["passed"] and "CVE-2026-0666" in gate["attested-critical"]["detail"]
+    assert not gate["attested-by-stranger"]["passed"]  # an unsigned-by-us attestation is not evidence

@@ -34,6 +34,7 @@ from fleetlift.images.rules import (
     select_platform,
 )
 from fleetlift.images.signatures import (
+    DSSE_ENVELOPE,
     SIGNATURE_ANNOTATION,
     SIGSTORE_BUNDLE_TYPES,
     SIMPLE_SIGNING,
@@ -317,3 +318,22 @@ class OciRegistryClient:
                 except ValueError:
                     bundles.append(None)  # counted, and refused, by the verifier
         return bundles
+
+    async def attestations(self, ref: ImageRef, digest: str) -> list[object]:
+        """The DSSE envelopes cosign attached to ``digest`` (the ``sha256-<hex>.att`` tag)."""
+        try:
+            attached = await self.manifest(ref, signature_tag(digest, "att"))
+        except ImageNotFound:
+            return []
+        if not isinstance(attached.document, ImageManifest):
+            return []
+        envelopes: list[object] = []
+        for layer in attached.document.layers:
+            if layer.media_type != DSSE_ENVELOPE:
+                continue
+            content = await self._blob(ref, layer.digest, limit=MAX_REPORT_BYTES)
+            try:
+                envelopes.append(json.loads(content))
+            except ValueError:
+                envelopes.append(None)
+        return envelopes

@@ -12,6 +12,7 @@ import binascii
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -19,13 +20,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
+DSSE_ENVELOPE = "application/vnd.dsse.envelope.v1+json"
+VULN_PREDICATE = "https://cosign.sigstore.dev/attestation/vuln/v1"
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 
-def signature_tag(digest: str) -> str:
-    """The tag cosign stores an image's signatures under: ``sha256-<hex>.sig``."""
+def signature_tag(digest: str, suffix: str = "sig") -> str:
+    """The tag cosign stores an image's signatures (``sig``) or attestations (``att``) under."""
     algorithm, _, hex_digest = digest.partition(":")
-    return f"{algorithm}-{hex_digest}.sig"
+    return f"{algorithm}-{hex_digest}.{suffix}"
 
 
 def load_public_keys(pems: Sequence[str]) -> list[PublicKey]:
@@ -116,33 +119,50 @@ def dsse_pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
 
 
-def verify_sigstore_bundle(bundle: object, digest: str, keys: Sequence[PublicKey]) -> tuple[bool, str]:
-    """Whether a Sigstore bundle holds a DSSE envelope, signed by a trusted key, over an in-toto
-    statement whose subject is ``digest``."""
-    if not isinstance(bundle, dict) or not isinstance(bundle.get("dsseEnvelope"), dict):
-        return False, "the bundle holds no DSSE envelope"
-    envelope = bundle["dsseEnvelope"]
+def open_dsse(envelope: object, digest: str) -> tuple[dict[str, Any] | None, str]:
+    """The in-toto statement inside a DSSE envelope, if it is one about ``digest``."""
+    if not isinstance(envelope, dict):
+        return None, "no DSSE envelope"
     payload_type = envelope.get("payloadType")
     if payload_type != IN_TOTO:
-        return False, f"the envelope carries {payload_type!r}, not an in-toto statement"
+        return None, f"the envelope carries {payload_type!r}, not an in-toto statement"
     try:
-        payload = base64.b64decode(envelope.get("payload", ""), validate=True)
-        statement = json.loads(payload)
+        statement = json.loads(base64.b64decode(envelope.get("payload", ""), validate=True))
     except (ValueError, binascii.Error, TypeError):
-        return False, "the envelope's payload is not a base64 JSON statement"
+        return None, "the envelope's payload is not a base64 JSON statement"
     algorithm, _, hex_digest = digest.partition(":")
     subjects = statement.get("subject") if isinstance(statement, dict) else None
     if not isinstance(subjects, list) or not any(
         isinstance(s, dict) and isinstance(s.get("digest"), dict) and s["digest"].get(algorithm) == hex_digest
         for s in subjects
     ):
-        return False, "the statement is about another image"
-    signed_bytes = dsse_pae(payload_type, payload)
+        return None, "the statement is about another image"
+    return statement, "about this image"
+
+
+def dsse_signed_by(envelope: dict[str, Any], keys: Sequence[PublicKey]) -> bool:
+    """Whether one of the envelope's signatures verifies with a trusted key."""
+    payload = base64.b64decode(envelope["payload"])
+    signed_bytes = dsse_pae(str(envelope["payloadType"]), payload)
     for entry in envelope.get("signatures", []):
         try:
             signature = base64.b64decode(entry.get("sig", ""), validate=True)
         except (ValueError, binascii.Error, AttributeError):
             continue
         if any(_verifies(key, signed_bytes, signature) for key in keys):
-            return True, "a Sigstore bundle signed by a trusted key"
+            return True
+    return False
+
+
+def verify_sigstore_bundle(bundle: object, digest: str, keys: Sequence[PublicKey]) -> tuple[bool, str]:
+    """Whether a Sigstore bundle holds a DSSE envelope, signed by a trusted key, over an in-toto
+    statement whose subject is ``digest``."""
+    envelope = bundle.get("dsseEnvelope") if isinstance(bundle, dict) else None
+    if not isinstance(envelope, dict):
+        return False, "the bundle holds no DSSE envelope"
+    statement, reason = open_dsse(envelope, digest)
+    if statement is None:
+        return False, reason
+    if dsse_signed_by(envelope, keys):
+        return True, "a Sigstore bundle signed by a trusted key"
     return False, "the bundle's signature does not verify with any trusted key"

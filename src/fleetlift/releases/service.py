@@ -19,7 +19,14 @@ from fleetlift.errors import Conflict, FieldError, FleetliftError, InvalidInput,
 from fleetlift.etags import check_if_match
 from fleetlift.ids import new_id
 from fleetlift.images.rules import Credentials, ResolvedImage, parse_image_reference
-from fleetlift.images.signatures import PublicKey, verify_sigstore_bundle, verify_simple_signing
+from fleetlift.images.signatures import (
+    VULN_PREDICATE,
+    PublicKey,
+    dsse_signed_by,
+    open_dsse,
+    verify_sigstore_bundle,
+    verify_simple_signing,
+)
 from fleetlift.images.vulnerabilities import VulnerabilityPolicy, findings_from_trivy, judge
 from fleetlift.pagination import Page, PageRequest, page_of
 from fleetlift.ports import ImageRegistry
@@ -126,14 +133,37 @@ async def _signature_check(checks: ImageChecks, image: str, resolved: ResolvedIm
     return Check("signature", image, False, "; ".join(reasons))
 
 
+async def _scan_report(checks: ImageChecks, resolved: ResolvedImage) -> tuple[dict[str, Any] | None, str]:
+    """A Trivy report: attached as a referrer, or inside a cosign vulnerability attestation (whose
+    signature must verify when trusted keys are configured)."""
+    report = await checks.registry.vulnerability_report(resolved.ref, resolved.digest)
+    if report is not None:
+        return report, "referrer"
+    for envelope in await checks.registry.attestations(resolved.ref, resolved.digest):
+        statement, _ = open_dsse(envelope, resolved.digest)
+        if statement is None or statement.get("predicateType") != VULN_PREDICATE:
+            continue
+        assert isinstance(envelope, dict)
+        if checks.trusted_keys and not dsse_signed_by(envelope, checks.trusted_keys):
+            continue
+        predicate = statement.get("predicate") or {}
+        result = predicate.get("scanner", {}).get("result") if isinstance(predicate, dict) else None
+        if isinstance(result, dict):
+            finished = predicate.get("metadata", {}).get("scanFinishedOn")
+            return {**result, "CreatedAt": result.get("CreatedAt") or finished}, "attestation"
+    return None, ""
+
+
 async def _vulnerability_check(checks: ImageChecks, image: str, resolved: ResolvedImage) -> Check:
     assert checks.vulnerability_policy is not None
     try:
-        report = await checks.registry.vulnerability_report(resolved.ref, resolved.digest)
+        report, _source = await _scan_report(checks, resolved)
     except FleetliftError as error:
         return Check("vulnerabilities", image, False, error.detail)
     if report is None:
-        return Check("vulnerabilities", image, False, "no Trivy scan report is attached to the image")
+        return Check(
+            "vulnerabilities", image, False, "no Trivy scan report or vulnerability attestation is attached"
+        )
     created_at, findings = findings_from_trivy(report)
     passed, detail = judge(checks.vulnerability_policy, created_at, findings, utcnow())
     return Check("vulnerabilities", image, passed, detail)
