@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -448,3 +450,91 @@ def test_vulnerability_attestations_feed_the_gate(
     assert gate["attested-clean"]["passed"]
     assert not gate["attested-critical"]["passed"] and "CVE-2026-0666" in gate["attested-critical"]["detail"]
     assert not gate["attested-by-stranger"]["passed"]  # an unsigned-by-us attestation is not evidence
+
+
+@pytest.fixture
+def referrers_api(registry: tuple[Registry, BuiltImage]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The real registry behind a front that also answers the OCI 1.1 referrers API (Debian's
+    docker-registry predates it): referrer indexes come from a dict, everything else is proxied."""
+    running, _ = registry
+    indexes: dict[str, bytes] = {}
+
+    class Front(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if "/referrers/" in self.path:
+                digest = self.path.rsplit("/", 1)[-1]
+                body = indexes.get(
+                    digest, json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
+                )
+                self.send_response(200)
+                self.send_header("Content-Type", OCI_INDEX)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            upstream = httpx.get(
+                f"http://{running.host}{self.path}", headers={"Accept": self.headers.get("Accept", "*/*")}
+            )
+            self.send_response(upstream.status_code)
+            for name in ("Content-Type", "Docker-Content-Digest"):
+                if name in upstream.headers:
+                    self.send_header(name, upstream.headers[name])
+            self.send_header("Content-Length", str(len(upstream.content)))
+            self.end_headers()
+            self.wfile.write(upstream.content)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}", indexes
+    server.shutdown()
+    server.server_close()
+
+
+def test_reports_found_through_the_referrers_api(
+    registry: tuple[Registry, BuiltImage], referrers_api: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    running, _ = registry
+    front, indexes = referrers_api
+    built = build_image(tmp_path / "img", "api", [Platform("linux", "arm64", "v8")], label="referrers-api")
+    running.push(tmp_path / "img", "api", "acme/api")
+    digest = built.manifests["linux/arm64/v8"]
+    report = json.dumps({"CreatedAt": datetime.now(UTC).isoformat(), "Results": []}).encode()
+    layer = push_blob(running.host, "acme/api", report)
+    config = push_blob(running.host, "acme/api", b"{}")
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": TRIVY_REPORT,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
+            "layers": [{"mediaType": "application/json", "digest": layer, "size": len(report)}],
+        }
+    ).encode()
+    manifest_digest = push_manifest(
+        running.host, "acme/api", "sha256:" + hashlib.sha256(manifest).hexdigest(), manifest, OCI_MANIFEST
+    )
+    # Listed only by the referrers API, not by the fallback tag.
+    indexes[digest] = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": manifest_digest,
+                    "size": len(manifest),
+                    "artifactType": TRIVY_REPORT,
+                }
+            ],
+        }
+    ).encode()
+    settings = Settings(data_dir=tmp_path / "data", log_level="WARNING", vulnerability_max_severity="HIGH")
+    upgrade(settings.resolved_database_url)
+    token = local_issuer(settings).issue("alice", [Role.ADMIN], timedelta(minutes=10))
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {token}"}) as client:
+        validation = _release(client, f"{front}/acme/api:api", ["arm64"], "api")["validation"]
+    gate = next(c for c in validation["checks"] if c["name"] == "vulnerabilities")  # type: ignore[index]
+    assert gate["passed"] and "0 finding(s)" in gate["detail"]
