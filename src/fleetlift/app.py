@@ -27,6 +27,8 @@ from fleetlift.config import Settings
 from fleetlift.context import Caller
 from fleetlift.db import make_engine, make_session_factory
 from fleetlift.deployments import routes as deployment_routes
+from fleetlift.device_api import routes as device_routes_protocol
+from fleetlift.device_api.tokens import DeviceTokens
 from fleetlift.devices import routes as device_routes
 from fleetlift.images.signatures import load_public_keys
 from fleetlift.images.vulnerabilities import VulnerabilityPolicy
@@ -165,6 +167,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             {"name": "updates", "description": "Update one device or a batch now."},
             {"name": "registries", "description": "Credentials for private image registries."},
             {"name": "audit", "description": "Who changed what, and how it ended."},
+            {"name": "device protocol", "description": "What devices call, with device tokens."},
             {"name": "trust", "description": "TUF metadata and targets for devices."},
             {"name": "health", "description": "Liveness, readiness, metrics."},
         ],
@@ -219,6 +222,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.artifact_store = build_artifact_store(settings)
     app.state.image_registry = build_image_registry(settings)
     app.state.secrets = SecretBox(secrets_key(settings))
+    settings.ensure_data_dir()
+    app.state.device_tokens = DeviceTokens(
+        settings.data_dir / "keys" / "device-tokens.pem", timedelta(seconds=settings.device_token_ttl_seconds)
+    )
     app.state.image_checks = ImageChecks(
         registry=app.state.image_registry,
         secrets=app.state.secrets,
@@ -239,6 +246,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry_routes.router,
     ):
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(device_routes_protocol.router)
     app.include_router(artifact_routes.public)
     app.include_router(trust_routes.router)
     app.include_router(health.router)
@@ -250,6 +258,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=RequestMetrics(app.state.metrics_registry),
         json_prefix=API_PREFIX,
         streaming_paths=frozenset({f"{API_PREFIX}/artifacts"}),
+        also_guarded=("/api/device/v1",),
     )
     return app
 

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     # send the file (filesystem store only). See docs/operations.md.
     accel_redirect_prefix: str | None = None
 
+    device_token_ttl_seconds: int = 3600
     default_tenant: str = "default"
     max_request_bytes: int = 1024 * 1024
     page_size_default: int = 50

@@ -33,7 +33,7 @@ def test_api_version_is_in_path_and_info(spec: dict[str, Any]) -> None:
     assert spec["info"]["version"].startswith("1.")
     management = [path for path in spec["paths"] if path not in ("/healthz", "/readyz", "/metrics")]
     assert management and all(
-        path.startswith(("/api/v1/", "/downloads/v1/", "/tuf/v1/")) for path in management
+        path.startswith(("/api/v1/", "/api/device/v1/", "/downloads/v1/", "/tuf/v1/")) for path in management
     )
 
 

@@ -87,8 +87,10 @@ class RequestGuard:
         metrics: RequestMetrics,
         json_prefix: str,
         streaming_paths: frozenset[str] = frozenset(),
+        also_guarded: tuple[str, ...] = (),
     ) -> None:
         self.app = app
+        self.guarded = (json_prefix, *also_guarded)
         self.streaming_paths = streaming_paths
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
@@ -115,7 +117,7 @@ class RequestGuard:
             await send_problem(413, "Request body too large", f"the body exceeds {self.max_body_bytes} bytes")
 
         # Streaming uploads (artifacts) carry their own media type and size limit.
-        if method in _BODY_METHODS and path.startswith(self.json_prefix) and path not in self.streaming_paths:
+        if method in _BODY_METHODS and path.startswith(self.guarded) and path not in self.streaming_paths:
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 await too_large()

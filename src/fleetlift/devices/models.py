@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from fleetlift.db import Base, JsonDocument, UtcDateTime
@@ -27,6 +27,11 @@ class Device(Base):
     last_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Admission: what the device authenticated with, and since when its tokens count.
+    identity: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
+    public_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    key_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tokens_valid_after: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     row_version: Mapped[int] = mapped_column(Integer, default=1)
 
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
@@ -15,8 +15,14 @@ from fleetlift.context import Caller
 from fleetlift.deployments import service as deployments
 from fleetlift.devices import service
 from fleetlift.devices.repository import DeviceFilter
-from fleetlift.devices.rules import combined_condition
-from fleetlift.devices.schemas import DeviceCreate, DeviceDeploymentRead, DeviceRead, DeviceUpdate
+from fleetlift.devices.rules import AdmissionEvent, combined_condition
+from fleetlift.devices.schemas import (
+    DeviceCreate,
+    DeviceDeploymentRead,
+    DevicePreauthorize,
+    DeviceRead,
+    DeviceUpdate,
+)
 from fleetlift.etags import etag_of
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -79,6 +85,26 @@ def register_device(
     response.headers["ETag"] = etag_of(device.row_version)
     response.headers["Location"] = f"/api/v1/devices/{device.id}"
     return DeviceRead.model_validate(device)
+
+
+@router.post(
+    "/preauthorize",
+    status_code=201,
+    response_model=DeviceRead,
+    **operation(
+        Permission.DEVICES_ADMIT,
+        summary="Preauthorize a device",
+        description="Admits an identity and public key before the device first connects (a factory "
+        "batch): its first signed authentication request receives a device token.",
+        errors=(400, 409, 413, 415),
+    ),
+)
+def preauthorize_device(
+    data: DevicePreauthorize,
+    session: SessionDep,
+    caller: Annotated[Caller, permit(Permission.DEVICES_ADMIT, audit=_intent("devices.preauthorize"))],
+) -> DeviceRead:
+    return DeviceRead.model_validate(service.preauthorize(session=session, caller=caller, data=data))
 
 
 @router.get(
@@ -168,3 +194,59 @@ def device_deployments(
         )
         for state, deployment, effective in rows
     ]
+
+
+def _admission_operation(event: AdmissionEvent, summary: str, description: str) -> dict[str, Any]:
+    return {
+        "path": f"/{{device_id}}/{event.value}",
+        "response_model": DeviceRead,
+        **operation(Permission.DEVICES_ADMIT, summary=summary, description=description, errors=(404, 409)),
+    }
+
+
+@router.post(
+    **_admission_operation(
+        AdmissionEvent.ACCEPT,
+        "Accept a device",
+        "Admits a pending (or rejected) device: its next authentication request gets a device token.",
+    )
+)
+def accept_device(
+    device_id: str,
+    session: SessionDep,
+    caller: Annotated[Caller, permit(Permission.DEVICES_ADMIT, audit=_intent("devices.accept"))],
+) -> DeviceRead:
+    device = service.admit(session=session, caller=caller, device_id=device_id, event=AdmissionEvent.ACCEPT)
+    return DeviceRead.model_validate(device)
+
+
+@router.post(
+    **_admission_operation(
+        AdmissionEvent.REJECT, "Reject a device", "Refuses a device; its device tokens stop working at once."
+    )
+)
+def reject_device(
+    device_id: str,
+    session: SessionDep,
+    caller: Annotated[Caller, permit(Permission.DEVICES_ADMIT, audit=_intent("devices.reject"))],
+) -> DeviceRead:
+    device = service.admit(session=session, caller=caller, device_id=device_id, event=AdmissionEvent.REJECT)
+    return DeviceRead.model_validate(device)
+
+
+@router.post(
+    **_admission_operation(
+        AdmissionEvent.DECOMMISSION,
+        "Decommission a device",
+        "Retires a device for good; its device tokens stop working at once.",
+    )
+)
+def decommission_device(
+    device_id: str,
+    session: SessionDep,
+    caller: Annotated[Caller, permit(Permission.DEVICES_ADMIT, audit=_intent("devices.decommission"))],
+) -> DeviceRead:
+    device = service.admit(
+        session=session, caller=caller, device_id=device_id, event=AdmissionEvent.DECOMMISSION
+    )
+    return DeviceRead.model_validate(device)

@@ -47,6 +47,32 @@ class DeviceCreate(StrictModel):
     )
 
 
+class DevicePreauthorize(StrictModel):
+    """An identity and public key admitted before the device first connects."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "identity": {"mac": "dc:a6:32:12:34:56", "serial": "GW1-000123"},
+                    "public_key": "-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----\n",
+                    "device_type": "gateway-x1",
+                    "architecture": "arm64",
+                    "tags": {"site": "berlin"},
+                }
+            ]
+        },
+    )
+
+    identity: dict[str, Any] = Field(min_length=1, max_length=20)
+    public_key: str = Field(min_length=1, max_length=4096)
+    device_type: Name
+    architecture: Name
+    name: Name | None = None
+    tags: Tags = Field(default_factory=dict)
+
+
 class DeviceUpdate(StrictModel):
     """Replace a device's operator-owned fields (its name and tags)."""
 

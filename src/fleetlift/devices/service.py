@@ -7,10 +7,12 @@ from sqlalchemy.orm import Session
 from fleetlift.audit import service as audit
 from fleetlift.context import Caller
 from fleetlift.db import utcnow
+from fleetlift.device_api.identity import device_id_for, key_fingerprint, load_device_key
 from fleetlift.devices import repository
 from fleetlift.devices.models import Device
 from fleetlift.devices.repository import DeviceFilter
-from fleetlift.devices.schemas import DeviceCreate, DeviceUpdate
+from fleetlift.devices.rules import AdmissionEvent, DeviceStatus, admission_transition
+from fleetlift.devices.schemas import DeviceCreate, DevicePreauthorize, DeviceUpdate
 from fleetlift.errors import Conflict, FieldError, InvalidInput, NotFound
 from fleetlift.etags import check_if_match
 from fleetlift.ids import new_id
@@ -105,3 +107,53 @@ def delete(*, session: Session, caller: Caller, device_id: str, if_match: str | 
         status_code=204,
     )
     session.commit()
+
+
+def admit(*, session: Session, caller: Caller, device_id: str, event: AdmissionEvent) -> Device:
+    """Accept, reject or decommission a device; rejecting or decommissioning revokes its tokens."""
+    device = get(session=session, caller=caller, device_id=device_id)
+    device.status = admission_transition(DeviceStatus(device.status), event).value
+    now = utcnow()
+    device.updated_at = now
+    if event is not AdmissionEvent.ACCEPT:
+        device.tokens_valid_after = now  # every token issued before now stops working at once
+    audit.record(
+        session, caller=caller, action=f"devices.{event.value}", resource_type="device", resource_id=device_id
+    )
+    session.commit()
+    return device
+
+
+def preauthorize(*, session: Session, caller: Caller, data: DevicePreauthorize) -> Device:
+    """Admit an identity and key before the device ever connects: its first request gets a token."""
+    key = load_device_key(data.public_key)
+    device_id = device_id_for(data.identity)
+    if repository.get(session, tenant_id=caller.tenant_id, device_id=device_id) is not None:
+        raise Conflict(f"a device with ID '{device_id}' already exists")
+    now = utcnow()
+    device = Device(
+        tenant_id=caller.tenant_id,
+        id=device_id,
+        name=data.name or device_id,
+        device_type=data.device_type,
+        architecture=data.architecture,
+        tags=data.tags,
+        reported={},
+        status=DeviceStatus.ACCEPTED.value,
+        identity=data.identity,
+        public_key=data.public_key,
+        key_fingerprint=key_fingerprint(key),
+        created_at=now,
+        updated_at=now,
+    )
+    repository.add(session, device)
+    audit.record(
+        session,
+        caller=caller,
+        action="devices.preauthorize",
+        resource_type="device",
+        resource_id=device_id,
+        status_code=201,
+    )
+    session.commit()
+    return device

@@ -1,0 +1,122 @@
+"""Use cases of the device protocol: authenticate a device, and know which device a token is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from fleetlift.db import utcnow
+from fleetlift.device_api.identity import (
+    device_id_for,
+    key_fingerprint,
+    load_device_key,
+    verify_request_signature,
+)
+from fleetlift.device_api.tokens import DeviceTokens
+from fleetlift.devices import repository as devices
+from fleetlift.devices.models import Device
+from fleetlift.devices.rules import DeviceStatus
+from fleetlift.errors import Unauthenticated
+from fleetlift.tenants.models import Tenant
+
+
+class NotAdmitted(Unauthenticated):
+    """The device is known but may not get a token (yet)."""
+
+    type_slug = "device-not-admitted"
+    title = "Device not admitted"
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    identity: dict[str, Any]
+    public_key: str
+    device_type: str
+    architecture: str
+    tenant_id: str
+
+
+@dataclass(frozen=True)
+class Admitted:
+    device_id: str
+    token: str
+    expires_at: datetime
+
+
+def authenticate(
+    *, session: Session, tokens: DeviceTokens, request: AuthRequest, body: bytes, signature: str | None
+) -> Admitted:
+    """Check the request is signed by the key it carries; a new device is recorded as pending, an
+    accepted one with that key gets a short-lived token."""
+    key = load_device_key(request.public_key)
+    verify_request_signature(key, body, signature)
+    if session.get(Tenant, request.tenant_id) is None:
+        raise Unauthenticated("unknown tenant")
+    device_id = device_id_for(request.identity)
+    fingerprint = key_fingerprint(key)
+    now = utcnow()
+    device = devices.get(session, tenant_id=request.tenant_id, device_id=device_id)
+    if device is None:
+        devices.add(
+            session,
+            Device(
+                tenant_id=request.tenant_id,
+                id=device_id,
+                name=device_id,
+                device_type=request.device_type,
+                architecture=request.architecture,
+                tags={},
+                reported={},
+                status=DeviceStatus.PENDING.value,
+                identity=request.identity,
+                public_key=request.public_key,
+                key_fingerprint=fingerprint,
+                last_seen_at=now,
+                created_at=now,
+                updated_at=now,
+            ),
+        )
+        session.commit()
+        raise NotAdmitted(
+            "the device is pending admission by an operator",
+            extra={"device_id": device_id, "admission": "pending"},
+        )
+    if device.key_fingerprint != fingerprint:
+        if device.status == DeviceStatus.PENDING.value or device.key_fingerprint is None:
+            # Not admitted yet: the newest key is the one an operator will accept.
+            device.public_key, device.key_fingerprint, device.identity = (
+                request.public_key,
+                fingerprint,
+                request.identity,
+            )
+            device.updated_at = now
+            session.commit()
+        else:
+            raise NotAdmitted(
+                "this identity is admitted with another key",
+                extra={"device_id": device_id, "admission": device.status},
+            )
+    device.last_seen_at = now
+    session.commit()
+    if device.status != DeviceStatus.ACCEPTED.value:
+        raise NotAdmitted(
+            f"the device is {device.status}", extra={"device_id": device_id, "admission": device.status}
+        )
+    token, expires_at = tokens.issue(tenant_id=request.tenant_id, device_id=device_id, now=now)
+    return Admitted(device_id, token, expires_at)
+
+
+def device_of_token(*, session: Session, tokens: DeviceTokens, token: str) -> Device:
+    """The accepted device a token speaks for; revoked, rejected or decommissioned is a 401."""
+    claims = tokens.verify(token)
+    device = devices.get(session, tenant_id=claims.tenant_id, device_id=claims.device_id)
+    if device is None or device.status != DeviceStatus.ACCEPTED.value:
+        raise Unauthenticated("the device is no longer admitted")
+    if device.tokens_valid_after is not None and claims.issued_at < device.tokens_valid_after.replace(
+        microsecond=0
+    ):
+        raise Unauthenticated("the device token was revoked; authenticate again")
+    return device
