@@ -122,7 +122,6 @@ async def authenticate(
     summary="Who this device is",
     description="The device's own ID and admission status, as the server knows them.",
     responses=problem_responses(401),
-    openapi_extra={"security": [{"deviceToken": []}]},
 )
 def identity(device: CurrentDevice) -> DeviceIdentity:
     return DeviceIdentity(
