@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     accel_redirect_prefix: str | None = None
 
     device_token_ttl_seconds: int = 3600
+    device_poll_interval_seconds: int = 60
     default_tenant: str = "default"
     max_request_bytes: int = 1024 * 1024
     page_size_default: int = 50

@@ -502,7 +502,17 @@ def device_deployments(
     if devices.get(session, tenant_id=caller.tenant_id, device_id=device_id) is None:
         raise NotFound(f"no device '{device_id}' in this tenant")
     history = repository.device_history(session, tenant_id=caller.tenant_id, device_id=device_id, limit=limit)
-    now = utcnow()
+    chosen = _effective(history, utcnow())
+    return [
+        (state, deployment, chosen is not None and deployment.id == chosen.deployment_id)
+        for state, deployment in history
+    ]
+
+
+def _effective(
+    history: Sequence[tuple[DeploymentDevice, Deployment]], now: datetime
+) -> rules.Candidate | None:
+    """Which of a device's deployments it follows now (active, started, not finished for it)."""
     live = [
         rules.Candidate(deployment.id, deployment.priority, deployment.created_at)
         for state, deployment in history
@@ -511,11 +521,18 @@ def device_deployments(
         and (deployment.start_at is None or deployment.start_at <= now)
         and DeviceUpdateState(state.state) not in rules.TERMINAL
     ]
-    chosen = rules.effective_deployment(live)
-    return [
-        (state, deployment, chosen is not None and deployment.id == chosen.deployment_id)
-        for state, deployment in history
-    ]
+    return rules.effective_deployment(live)
+
+
+def effective_for_device(
+    *, session: Session, tenant_id: str, device_id: str, now: datetime
+) -> tuple[DeploymentDevice, Deployment] | None:
+    """The deployment a device should be working on now, with its state in it."""
+    history = repository.device_history(session, tenant_id=tenant_id, device_id=device_id, limit=200)
+    chosen = _effective(history, now)
+    if chosen is None:
+        return None
+    return next((state, d) for state, d in history if d.id == chosen.deployment_id)
 
 
 def record_device_report(

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Request
+import anyio
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetlift.api.common import StrictModel, problem_responses
 from fleetlift.api.deps import SessionDep
+from fleetlift.artifacts.rules import link_signature
+from fleetlift.deployments.rules import DeviceUpdateState
 from fleetlift.device_api import service
 from fleetlift.devices.models import Device
 from fleetlift.errors import Unauthenticated
@@ -130,3 +134,160 @@ def identity(device: CurrentDevice) -> DeviceIdentity:
         device_type=device.device_type,
         architecture=device.architecture,
     )
+
+
+class FilePayloadInstructions(BaseModel):
+    type: str = "file"
+    artifact_id: str
+    filename: str
+    size: int
+    sha256: str
+    url: str = Field(description="A short-lived signed link; resumable with Range.")
+    tuf_target: str = Field(description="The TUF target path to verify before installing.")
+
+
+class UpdateInstructions(BaseModel):
+    """What the device should install now."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "deployment_id": "dep_01JD3Q9T1C6B2V8N4M7K5X0ABC",
+                    "state": "notified",
+                    "release": {
+                        "id": "rel_01JD3Q6R8W2M5E0B9N4T7K1XYZ",
+                        "name": "gateway-firmware",
+                        "version": "1.4.0",
+                        "kind": "base",
+                    },
+                    "containers": [],
+                    "files": [],
+                    "poll_interval_seconds": 60,
+                }
+            ]
+        }
+    )
+
+    deployment_id: str
+    state: str
+    release: dict[str, str]
+    containers: list[dict[str, Any]] = Field(description="Container payloads, images pinned to digests.")
+    files: list[FilePayloadInstructions]
+    poll_interval_seconds: int
+
+
+class StatusReport(StrictModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"status": "downloading", "detail": "42%"}]}
+    )
+
+    status: Literal[
+        "downloading",
+        "downloaded",
+        "installing",
+        "rebooting",
+        "verifying",
+        "succeeded",
+        "failed",
+        "rolled_back",
+        "already_installed",
+    ]
+    detail: str | None = Field(default=None, max_length=2000)
+
+
+def _instructions(request: Request, device: Device, found: service.Instructions) -> UpdateInstructions:
+    state = request.app.state
+    expires = int(time.time()) + state.settings.download_link_ttl_seconds
+    files = []
+    containers = []
+    for payload in found.release.payloads:
+        if payload["type"] != "file":
+            containers.append(payload)
+            continue
+        resource = f"{device.tenant_id}/{payload['artifact_id']}"
+        signature = link_signature(state.link_secret, resource, expires)
+        files.append(
+            FilePayloadInstructions(
+                artifact_id=payload["artifact_id"],
+                filename=payload["filename"],
+                size=payload["size"],
+                sha256=payload["sha256"],
+                url=f"/downloads/v1/{resource}?expires={expires}&signature={signature}",
+                tuf_target=f"{payload['artifact_id']}/{payload['filename']}",
+            )
+        )
+    release = found.release
+    return UpdateInstructions(
+        deployment_id=found.deployment_id,
+        state=found.state,
+        release={"id": release.id, "name": release.name, "version": release.version, "kind": release.kind},
+        containers=containers,
+        files=files,
+        poll_interval_seconds=state.settings.device_poll_interval_seconds,
+    )
+
+
+@router.get(
+    "/deployments/next",
+    response_model=UpdateInstructions,
+    summary="Poll for the next update",
+    description="The update this device should work on now (the highest-priority active deployment "
+    "that targets it, newest among equals), with signed download links, sizes, SHA-256 and TUF "
+    "target paths; 204 when there is none. `If-None-Match` with the last `ETag` answers 304. "
+    "`wait` (seconds, up to 60) holds the request until an update appears. "
+    "`X-Fleetlift-Poll-Interval` suggests when to ask again.",
+    responses={
+        **problem_responses(401),
+        204: {"description": "No update."},
+        304: {"description": "Unchanged."},
+    },
+)
+async def next_update(
+    request: Request,
+    device: CurrentDevice,
+    wait: Annotated[int, Query(ge=0, le=60)] = 0,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match", max_length=200)] = None,
+) -> Response:
+    state = request.app.state
+    interval = {"X-Fleetlift-Poll-Interval": str(state.settings.device_poll_interval_seconds)}
+    deadline = time.monotonic() + wait
+
+    def look() -> service.Instructions | None:
+        with state.sessions() as session:
+            return service.next_update(session=session, tenant_id=device.tenant_id, device_id=device.id)
+
+    while True:
+        found = await anyio.to_thread.run_sync(look)
+        if found is not None or time.monotonic() >= deadline:
+            break
+        await anyio.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
+    if found is None:
+        return Response(status_code=204, headers=interval)
+    headers = {**interval, "ETag": found.etag}
+    if if_none_match is not None and found.etag in [tag.strip() for tag in if_none_match.split(",")]:
+        return Response(status_code=304, headers=headers)
+    body = _instructions(request, device, found).model_dump_json()
+    return Response(body, media_type="application/json", headers=headers)
+
+
+@router.put(
+    "/deployments/{deployment_id}/status",
+    status_code=204,
+    response_class=Response,
+    summary="Report progress",
+    description="The device's progress through an update. Duplicate and late reports change "
+    "nothing; a report that could never follow the current state is a 409.",
+    responses=problem_responses(400, 401, 404, 409, 413, 415),
+)
+def report_status(
+    deployment_id: str, data: StatusReport, session: SessionDep, device: CurrentDevice
+) -> Response:
+    service.report_status(
+        session=session,
+        device=device,
+        deployment_id=deployment_id,
+        state=DeviceUpdateState(data.status),
+        detail=data.detail,
+    )
+    return Response(status_code=204)

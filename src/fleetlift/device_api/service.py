@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from fleetlift.db import utcnow
+from fleetlift.deployments import service as deployments
+from fleetlift.deployments.rules import DeviceUpdateState, transition
 from fleetlift.device_api.identity import (
     device_id_for,
     key_fingerprint,
@@ -20,6 +23,8 @@ from fleetlift.devices import repository as devices
 from fleetlift.devices.models import Device
 from fleetlift.devices.rules import DeviceStatus
 from fleetlift.errors import Unauthenticated
+from fleetlift.releases import repository as releases
+from fleetlift.releases.models import Release
 from fleetlift.tenants.models import Tenant
 
 
@@ -99,7 +104,7 @@ def authenticate(
                 "this identity is admitted with another key",
                 extra={"device_id": device_id, "admission": device.status},
             )
-    device.last_seen_at = now
+    devices.touch(session, tenant_id=request.tenant_id, device_id=device_id, now=now)
     session.commit()
     if device.status != DeviceStatus.ACCEPTED.value:
         raise NotAdmitted(
@@ -120,3 +125,56 @@ def device_of_token(*, session: Session, tokens: DeviceTokens, token: str) -> De
     ):
         raise Unauthenticated("the device token was revoked; authenticate again")
     return device
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """What a polling device is told to install."""
+
+    deployment_id: str
+    release: Release
+    state: str
+    etag: str
+
+
+def next_update(*, session: Session, tenant_id: str, device_id: str) -> Instructions | None:
+    """The update the device should work on now, if any. Telling it is recorded: a pending
+    device becomes notified (through the state machine, so a repeated poll changes nothing)."""
+    now = utcnow()
+    found = deployments.effective_for_device(
+        session=session, tenant_id=tenant_id, device_id=device_id, now=now
+    )
+    devices.touch(session, tenant_id=tenant_id, device_id=device_id, now=now)
+    if found is None:
+        session.commit()
+        return None
+    state, deployment = found
+    release = releases.get(session, tenant_id=tenant_id, release_id=deployment.release_id)
+    if release is None:  # a deployment always names an existing release (foreign key)
+        session.commit()
+        return None
+    outcome = transition(DeviceUpdateState(state.state), DeviceUpdateState.NOTIFIED)
+    if outcome.changed:
+        state.state = outcome.state.value
+        state.updated_at = now
+    session.commit()
+    etag = (
+        '"'
+        + hashlib.sha256(f"{deployment.id}:{release.id}:{release.row_version}".encode()).hexdigest()[:32]
+        + '"'
+    )
+    return Instructions(deployment.id, release, state.state, etag)
+
+
+def report_status(
+    *, session: Session, device: Device, deployment_id: str, state: DeviceUpdateState, detail: str | None
+) -> DeviceUpdateState:
+    """A device's progress report on its own deployment; duplicates and late reports are harmless."""
+    return deployments.record_device_report(
+        session=session,
+        tenant_id=device.tenant_id,
+        deployment_id=deployment_id,
+        device_id=device.id,
+        state=state,
+        detail=detail,
+    )

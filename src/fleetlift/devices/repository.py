@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from fleetlift.devices.models import Device
@@ -46,6 +47,14 @@ def get_many(session: Session, *, tenant_id: str, device_ids: Iterable[str]) -> 
         ):
             found[device.id] = device
     return found
+
+
+def touch(session: Session, *, tenant_id: str, device_id: str, now: datetime) -> None:
+    """Record that a device was seen, without bumping its row version (its ETag stays)."""
+    session.execute(
+        update(Device).where(Device.tenant_id == tenant_id, Device.id == device_id).values(last_seen_at=now),
+        execution_options={"synchronize_session": False},
+    )
 
 
 def add(session: Session, device: Device) -> None:
