@@ -33,6 +33,7 @@ from fleetlift.devices import routes as device_routes
 from fleetlift.images.signatures import load_public_keys
 from fleetlift.images.vulnerabilities import VulnerabilityPolicy
 from fleetlift.logs import configure as configure_logging
+from fleetlift.notifications import routes as notification_routes
 from fleetlift.registries import routes as registry_routes
 from fleetlift.releases import routes as release_routes
 from fleetlift.releases.service import ImageChecks
@@ -244,6 +245,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         deployment_routes.router,
         audit_routes.router,
         registry_routes.router,
+        notification_routes.router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(device_routes_protocol.router)

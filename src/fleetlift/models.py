@@ -5,6 +5,7 @@ from fleetlift.audit.models import AuditEntry
 from fleetlift.db import Base
 from fleetlift.deployments.models import Deployment, DeploymentDevice
 from fleetlift.devices.models import Device
+from fleetlift.notifications.models import DeploymentLog, Notification
 from fleetlift.registries.models import RegistryCredential
 from fleetlift.releases.models import Release
 from fleetlift.tenants.models import Tenant
@@ -17,7 +18,9 @@ __all__ = [
     "Blob",
     "Deployment",
     "DeploymentDevice",
+    "DeploymentLog",
     "Device",
+    "Notification",
     "RegistryCredential",
     "Release",
     "ReleaseArtifact",

@@ -95,3 +95,62 @@ def test_long_poll_answers_when_an_update_appears(api: Api) -> None:
     waiter.join(timeout=15)
     assert result["response"].status_code == 200
     assert 0.9 < result["seconds"] < 5
+
+
+def test_notifications_logs_and_inventory(api: Api) -> None:
+    device_id, headers = admitted_device(api, "P-5")
+    _, other_headers = admitted_device(api, "P-6")
+    for level, message in (("info", "booted"), ("warning", "disk 80%"), ("critical", "disk 99%")):
+        sent = api.client.post(
+            "/api/device/v1/notifications", headers=headers, json={"level": level, "message": message}
+        )
+        assert sent.status_code == 201
+    assert (
+        api.client.post(
+            "/api/device/v1/notifications", headers=headers, json={"level": "panic", "message": "x"}
+        ).status_code
+        == 400
+    )
+    assert (
+        api.client.post(
+            "/api/device/v1/notifications", headers=other_headers, json={"level": "info", "message": "hi"}
+        ).status_code
+        == 201
+    )
+    mine = api.get("/notifications", params={"device_id": device_id}).json()["items"]
+    assert [n["level"] for n in mine] == ["critical", "warning", "info"]
+    critical = api.get("/notifications", params={"level": "critical"}, role="viewer").json()["items"]
+    assert [n["message"] for n in critical] == ["disk 99%"]
+    assert api.get(f"/devices/{device_id}").json()["critical_at"] is not None
+
+    inventory = api.client.patch(
+        "/api/device/v1/inventory",
+        headers=headers,
+        json={"os": "Debian 12", "agent_version": "0.1.0", "disk_free_mb": 900},
+    )
+    assert inventory.status_code == 200 and inventory.json()["os"] == "Debian 12"
+    api.client.patch(
+        "/api/device/v1/inventory", headers=headers, json={"disk_free_mb": None, "kernel": "6.1"}
+    )
+    reported = api.get(f"/devices/{device_id}").json()["reported"]
+    assert reported == {"os": "Debian 12", "agent_version": "0.1.0", "kernel": "6.1"}
+    assert [
+        d["id"]
+        for d in api.get("/devices", params={"condition": "properties.reported.os = 'Debian 12'"}).json()[
+            "items"
+        ]
+    ] == [device_id]
+
+    release = api.release(device_types=[])
+    deployment = api.post(
+        "/deployments", json={"name": "p", "release_id": release["id"], "target": {"device_ids": [device_id]}}
+    ).json()
+    log_path = f"/api/device/v1/deployments/{deployment['id']}/log"
+    assert (
+        api.client.put(log_path, headers=headers, json={"log": "install: checksum mismatch\n"}).status_code
+        == 204
+    )
+    assert api.client.put(log_path, headers=other_headers, json={"log": "not mine"}).status_code == 404
+    log = api.get(f"/deployments/{deployment['id']}/devices/{device_id}/log").json()
+    assert log["log"] == "install: checksum mismatch\n"
+    assert api.get(f"/deployments/{deployment['id']}/devices/nobody/log").status_code == 404

@@ -18,6 +18,8 @@ from fleetlift.deployments.rules import DeviceUpdateState
 from fleetlift.device_api import service
 from fleetlift.devices.models import Device
 from fleetlift.errors import Unauthenticated
+from fleetlift.notifications import service as notifications
+from fleetlift.notifications.schemas import Inventory, LogUpload, NotificationCreate, NotificationRead
 
 router = APIRouter(prefix="/api/device/v1", tags=["device protocol"])
 
@@ -291,3 +293,45 @@ def report_status(
         detail=data.detail,
     )
     return Response(status_code=204)
+
+
+@router.post(
+    "/notifications",
+    status_code=201,
+    response_model=NotificationRead,
+    summary="Send a notification",
+    description="Info, warning or critical; operators see them per device and fleet-wide, and a "
+    "critical one flags the device.",
+    responses=problem_responses(400, 401, 413, 415),
+)
+def send_notification(
+    data: NotificationCreate, session: SessionDep, device: CurrentDevice
+) -> NotificationRead:
+    row = notifications.notify(session=session, device=device, level=data.level, message=data.message)
+    return NotificationRead.model_validate(row)
+
+
+@router.put(
+    "/deployments/{deployment_id}/log",
+    status_code=204,
+    response_class=Response,
+    summary="Upload an update log",
+    description="The device's log of one of its deployments (the last upload is kept); operators read "
+    "it through the management API.",
+    responses=problem_responses(400, 401, 404, 413, 415),
+)
+def upload_log(deployment_id: str, data: LogUpload, session: SessionDep, device: CurrentDevice) -> Response:
+    notifications.upload_log(session=session, device=device, deployment_id=deployment_id, content=data.log)
+    return Response(status_code=204)
+
+
+@router.patch(
+    "/inventory",
+    response_model=dict[str, Any],
+    summary="Report inventory",
+    description="Merged into the device's reported properties (addressable in target conditions as "
+    "`properties.reported.<key>`); a key sent as null is removed.",
+    responses=problem_responses(400, 401, 413, 415),
+)
+def report_inventory(data: Inventory, session: SessionDep, device: CurrentDevice) -> dict[str, Any]:
+    return notifications.merge_inventory(session=session, device=device, inventory=data.values())

@@ -32,6 +32,8 @@ class Device(Base):
     public_key: Mapped[str | None] = mapped_column(Text, nullable=True)
     key_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     tokens_valid_after: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # When the device last sent a critical notification: flagged in the management API.
+    critical_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     row_version: Mapped[int] = mapped_column(Integer, default=1)
 
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012

@@ -118,6 +118,9 @@ class DeviceRead(BaseModel):
     release_id: str | None = Field(description="The release the device runs.")
     status: Literal["pending", "accepted", "rejected", "decommissioned"]
     last_seen_at: datetime | None
+    critical_at: datetime | None = Field(
+        default=None, description="When the device last sent a critical notification."
+    )
     created_at: datetime
     updated_at: datetime
 
