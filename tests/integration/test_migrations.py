@@ -18,6 +18,12 @@ TABLES = {
     "deployments",
     "deployment_devices",
     "audit_log",
+    "artifacts",
+    "blobs",
+    "release_artifacts",
+    "registry_credentials",
+    "notifications",
+    "deployment_logs",
     "alembic_version",
 }
 
