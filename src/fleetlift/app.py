@@ -30,6 +30,7 @@ from fleetlift.deployments import routes as deployment_routes
 from fleetlift.device_api import routes as device_routes_protocol
 from fleetlift.device_api.tokens import DeviceTokens
 from fleetlift.devices import routes as device_routes
+from fleetlift.enrollment import routes as enrollment_routes
 from fleetlift.images.signatures import load_public_keys
 from fleetlift.images.vulnerabilities import VulnerabilityPolicy
 from fleetlift.logs import configure as configure_logging
@@ -246,6 +247,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit_routes.router,
         registry_routes.router,
         notification_routes.router,
+        enrollment_routes.router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(device_routes_protocol.router)

@@ -5,6 +5,7 @@ from fleetlift.audit.models import AuditEntry
 from fleetlift.db import Base
 from fleetlift.deployments.models import Deployment, DeploymentDevice
 from fleetlift.devices.models import Device
+from fleetlift.enrollment.models import EnrollmentToken
 from fleetlift.notifications.models import DeploymentLog, Notification
 from fleetlift.registries.models import RegistryCredential
 from fleetlift.releases.models import Release
@@ -20,6 +21,7 @@ __all__ = [
     "DeploymentDevice",
     "DeploymentLog",
     "Device",
+    "EnrollmentToken",
     "Notification",
     "RegistryCredential",
     "Release",

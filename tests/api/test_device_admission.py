@@ -159,3 +159,57 @@ def test_device_tokens_open_only_the_device_protocol(api: Api) -> None:
     admin_headers = {"Authorization": f"Bearer {api.token('admin')}"}
     assert api.client.get("/api/device/v1/identity", headers=admin_headers).status_code == 401
     assert api.client.get("/api/device/v1/identity").status_code == 401
+
+
+def enroll(api: Api, key: PrivateKey, identity: dict[str, Any], token: str) -> Any:
+    body = json.dumps(
+        {
+            "identity": identity,
+            "public_key": pem(key),
+            "device_type": "gw-x1",
+            "architecture": "arm64",
+            "tenant": api.tenant,
+            "enrollment_token": token,
+        }
+    ).encode()
+    return api.client.post(
+        "/api/device/v1/authentication",
+        content=body,
+        headers={"Content-Type": "application/json", "X-Fleetlift-Signature": sign(key, body)},
+    )
+
+
+def test_enrollment_tokens_admit_a_batch(api: Api) -> None:
+    assert api.post("/enrollment-tokens", json={"name": "x"}, role="developer").status_code == 403
+    created = api.post(
+        "/enrollment-tokens",
+        json={"name": "line 3", "max_uses": 2, "tags": {"site": "plant-3"}},
+        role="operator",
+    )
+    assert created.status_code == 201, created.text
+    token = created.json()["token"]
+    assert token.startswith("flt_enr_")
+    listed = api.get("/enrollment-tokens")
+    assert token not in listed.text and listed.json()[0]["uses"] == 0
+    first = enroll(api, ed25519.Ed25519PrivateKey.generate(), {"serial": "E-1"}, token)
+    assert first.status_code == 200, first.text
+    device = api.get(f"/devices/{first.json()['device_id']}").json()
+    assert device["status"] == "accepted" and device["tags"] == {"site": "plant-3"}
+    assert enroll(api, ed25519.Ed25519PrivateKey.generate(), {"serial": "E-2"}, token).status_code == 200
+    used_up = enroll(api, ed25519.Ed25519PrivateKey.generate(), {"serial": "E-3"}, token)
+    assert used_up.status_code == 401 and "used up" in used_up.json()["detail"]
+    assert api.get("/devices", params={"tag": "site:plant-3"}).json()["items"].__len__() == 2
+    assert (
+        enroll(api, ed25519.Ed25519PrivateKey.generate(), {"serial": "E-4"}, "flt_enr_forged").status_code
+        == 401
+    )
+    assert api.get("/devices/" + first.json()["device_id"]).status_code == 200
+    other = api.post("/enrollment-tokens", json={"name": "other"}).json()
+    assert api.delete(f"/enrollment-tokens/{other['id']}").status_code == 204
+    assert (
+        enroll(api, ed25519.Ed25519PrivateKey.generate(), {"serial": "E-5"}, other["token"]).status_code
+        == 401
+    )
+    assert [
+        d["id"] for d in api.get("/devices").json()["items"]
+    ].__len__() == 2  # refused devices are not recorded

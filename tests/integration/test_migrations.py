@@ -24,6 +24,7 @@ TABLES = {
     "registry_credentials",
     "notifications",
     "deployment_logs",
+    "enrollment_tokens",
     "alembic_version",
 }
 

@@ -56,6 +56,9 @@ class AuthRequestBody(StrictModel):
     device_type: str = Field(min_length=1, max_length=100)
     architecture: str = Field(min_length=1, max_length=50)
     tenant: str | None = Field(default=None, max_length=64)
+    enrollment_token: str | None = Field(
+        default=None, max_length=200, description="Admits a new device at once."
+    )
 
 
 class DeviceTokenAnswer(BaseModel):
@@ -113,6 +116,7 @@ async def authenticate(
             device_type=data.device_type,
             architecture=data.architecture,
             tenant_id=data.tenant or request.app.state.settings.default_tenant,
+            enrollment_token=data.enrollment_token,
         ),
         body=body,
         signature=signature,

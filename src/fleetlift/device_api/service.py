@@ -22,6 +22,7 @@ from fleetlift.device_api.tokens import DeviceTokens
 from fleetlift.devices import repository as devices
 from fleetlift.devices.models import Device
 from fleetlift.devices.rules import DeviceStatus
+from fleetlift.enrollment import service as enrollment
 from fleetlift.errors import Unauthenticated
 from fleetlift.releases import repository as releases
 from fleetlift.releases.models import Release
@@ -42,6 +43,7 @@ class AuthRequest:
     device_type: str
     architecture: str
     tenant_id: str
+    enrollment_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,38 @@ def authenticate(
     fingerprint = key_fingerprint(key)
     now = utcnow()
     device = devices.get(session, tenant_id=request.tenant_id, device_id=device_id)
+    enrolled = None
+    unadmitted = device is None or (
+        device.status == DeviceStatus.PENDING.value and device.key_fingerprint == fingerprint
+    )
+    if request.enrollment_token is not None and unadmitted:
+        enrolled = enrollment.redeem(
+            session, tenant_id=request.tenant_id, token=request.enrollment_token, now=now
+        )
+        if enrolled is None:
+            raise Unauthenticated("the enrollment token is invalid, expired, revoked or used up")
+    if device is None and enrolled is not None:
+        device = Device(
+            tenant_id=request.tenant_id,
+            id=device_id,
+            name=device_id,
+            device_type=request.device_type,
+            architecture=request.architecture,
+            tags=dict(enrolled.tags),
+            reported={},
+            status=DeviceStatus.ACCEPTED.value,
+            identity=request.identity,
+            public_key=request.public_key,
+            key_fingerprint=fingerprint,
+            created_at=now,
+            updated_at=now,
+        )
+        devices.add(session, device)
+        session.flush()
+    elif device is not None and enrolled is not None and device.key_fingerprint == fingerprint:
+        device.status = DeviceStatus.ACCEPTED.value
+        device.tags = {**dict(enrolled.tags), **device.tags}
+        device.updated_at = now
     if device is None:
         devices.add(
             session,
