@@ -16,7 +16,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,agent]'
 	touch $@ $(VENV)/.installed-run
 
 # Test-only tools from npm (Azurite, the Azure Storage emulator).
@@ -32,7 +32,7 @@ test: $(VENV)/.installed-test node_modules/.installed
 	scripts/install-test-tools.sh
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy --strict src/fleetlift src/fleetlift_agent
+	$(BIN)/mypy --strict src/fleetlift src/fleetlift_agent src/fleetlift_sim
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test

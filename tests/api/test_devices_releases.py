@@ -113,6 +113,8 @@ def test_release_lifecycle(api: Api) -> None:
         "filename": "fw.bin",
         "sha256": firmware["sha256"],
         "size": firmware["size"],
+        "installer": "package",
+        "target": body["name"],
     }
     assert api.post("/releases", json=body).status_code == 409
     updated = api.put(

@@ -150,6 +150,8 @@ class FilePayloadInstructions(BaseModel):
     sha256: str
     url: str = Field(description="A short-lived signed link; resumable with Range.")
     tuf_target: str = Field(description="The TUF target path to verify before installing.")
+    installer: Literal["package", "ab-slot", "script"]
+    target: str = Field(description="The package name or slot set it installs into.")
 
 
 class UpdateInstructions(BaseModel):
@@ -221,6 +223,10 @@ def _instructions(request: Request, device: Device, found: service.Instructions)
                 sha256=payload["sha256"],
                 url=f"/downloads/v1/{resource}?expires={expires}&signature={signature}",
                 tuf_target=f"{payload['artifact_id']}/{payload['filename']}",
+                # releases made before installers were named default the same way
+                installer=payload.get("installer")
+                or ("ab-slot" if found.release.kind == "base" else "package"),
+                target=payload.get("target") or found.release.name,
             )
         )
     release = found.release

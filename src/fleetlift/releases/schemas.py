@@ -53,6 +53,16 @@ class FilePayload(StrictModel):
     filename: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
     sha256: Sha256 | None = None
     size: int | None = Field(default=None, ge=0)
+    installer: Literal["package", "ab-slot", "script"] | None = Field(
+        default=None,
+        description="How the device installs it: a code package (versioned directories, symlink "
+        "switch), an image for the passive A/B slot, or a script it runs. Default: ab-slot in a "
+        "base release, package in a patch.",
+    )
+    target: ModuleName | None = Field(
+        default=None,
+        description="What it installs into: the package name or the slot set. Default: the release name.",
+    )
 
 
 Payload = Annotated[ContainerPayload | FilePayload, Field(discriminator="type")]

@@ -201,6 +201,10 @@ async def create(
     """Publish a release: images are pinned to digests and checked, and the verdict is stored;
     a name and version pair exists once per tenant."""
     payloads: list[dict[str, Any]] = [payload.model_dump(mode="json") for payload in data.payloads]
+    for payload in payloads:
+        if payload["type"] == "file":  # stored resolved, so a device never has to guess
+            payload["installer"] = payload["installer"] or ("ab-slot" if data.kind == "base" else "package")
+            payload["target"] = payload["target"] or data.name
     checks = await validate_images(
         await _checks_for(sessions, image_checks, caller), payloads, data.architectures
     )
