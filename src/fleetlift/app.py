@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -28,6 +30,7 @@ from fleetlift.context import Caller
 from fleetlift.db import make_engine, make_session_factory
 from fleetlift.deployments import routes as deployment_routes
 from fleetlift.device_api import routes as device_routes_protocol
+from fleetlift.device_api.poll import DevicePoller, PollNotifier, install_session_hooks
 from fleetlift.device_api.tokens import DeviceTokens
 from fleetlift.devices import routes as device_routes
 from fleetlift.enrollment import routes as enrollment_routes
@@ -199,7 +202,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tenants.ensure_default(sessions, tenant_id=settings.default_tenant)
+        seen_writer = asyncio.create_task(app.state.device_poller.run())
         yield
+        seen_writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await seen_writer
         for client in (app.state.artifact_store, app.state.image_registry):
             close = getattr(client, "close", None)
             if close is not None:
@@ -227,6 +234,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.ensure_data_dir()
     app.state.device_tokens = DeviceTokens(
         settings.data_dir / "keys" / "device-tokens.pem", timedelta(seconds=settings.device_token_ttl_seconds)
+    )
+    # Long polls wake when this process commits a deployment change (other processes: re-checks).
+    notifier = PollNotifier()
+    install_session_hooks(sessions, notifier)
+    app.state.device_poller = DevicePoller(
+        sessions=sessions, tokens=app.state.device_tokens, notifier=notifier
     )
     app.state.image_checks = ImageChecks(
         registry=app.state.image_registry,

@@ -11,12 +11,15 @@ from typing import Any, cast
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
+    Select,
     and_,
+    bindparam,
     case,
     exists,
     func,
     insert,
     literal,
+    literal_column,
     not_,
     or_,
     select,
@@ -32,6 +35,7 @@ from fleetlift.deployments.rules import (
     TERMINAL,
     DeploymentStatus,
     DeviceUpdateState,
+    Phase,
 )
 from fleetlift.devices.models import Device
 from fleetlift.devices.rules import DeviceStatus
@@ -288,3 +292,100 @@ def device_history(
         .limit(limit)
     )
     return [(row[0], row[1]) for row in rows]
+
+
+@dataclass(frozen=True)
+class PollRow:
+    """What one device poll needs: the device's admission, when it was last seen, and the
+    deployment it follows now (``None`` fields when there is none)."""
+
+    status: str
+    tokens_valid_after: datetime | None
+    last_seen_at: datetime | None
+    deployment_id: str | None
+    state: str | None
+    release_id: str | None
+    release_row_version: int | None
+
+
+def _poll_statement() -> Select[Any]:
+    """The device row, outer-joined to its live deployments (active, started, not deleted, not
+    finished for it) and their releases, best first: the SQL twin of ``rules.effective_deployment``
+    (highest priority, newest among equals). Built once: every poll runs the same cached statement.
+
+    Indexes: the device's primary key, ``ix_deployment_devices_device``, then the primary keys of
+    deployments and releases."""
+    devices, links = Device.__table__.c, DeploymentDevice.__table__.c
+    deployments, releases = Deployment.__table__.c, Release.__table__.c
+    now = bindparam("now", type_=Deployment.__table__.c.start_at.type)
+    live = DeploymentDevice.__table__.join(
+        Deployment.__table__,
+        and_(
+            deployments.tenant_id == links.tenant_id,
+            deployments.id == links.deployment_id,
+            deployments.phase == literal_column(f"'{Phase.ACTIVE.value}'"),
+            deployments.deleted_at.is_(None),
+            or_(deployments.start_at.is_(None), deployments.start_at <= now),
+        ),
+    ).join(
+        Release.__table__,
+        and_(releases.tenant_id == deployments.tenant_id, releases.id == deployments.release_id),
+    )
+    return (
+        select(
+            devices.status,
+            devices.tokens_valid_after,
+            devices.last_seen_at,
+            links.deployment_id,
+            links.state,
+            deployments.release_id,
+            releases.row_version,
+        )
+        .select_from(
+            Device.__table__.outerjoin(
+                live,
+                and_(
+                    links.tenant_id == devices.tenant_id,
+                    links.device_id == devices.id,
+                    links.state.not_in([literal_column(f"'{state}'") for state in sorted(_TERMINAL)]),
+                ),
+            )
+        )
+        .where(devices.tenant_id == bindparam("tenant_id"), devices.id == bindparam("device_id"))
+        .order_by(deployments.priority.desc(), deployments.created_at.desc(), deployments.id.desc())
+        .limit(1)
+    )
+
+
+_POLL = _poll_statement()
+
+
+def poll_row(session: Session, *, tenant_id: str, device_id: str, now: datetime) -> PollRow | None:
+    """One indexed query for a device poll; ``None`` when the device does not exist."""
+    row = session.execute(_POLL, {"tenant_id": tenant_id, "device_id": device_id, "now": now}).first()
+    return None if row is None else PollRow(*row)
+
+
+def advance_device_state(
+    session: Session,
+    *,
+    tenant_id: str,
+    deployment_id: str,
+    device_id: str,
+    current: DeviceUpdateState,
+    new: DeviceUpdateState,
+    now: datetime,
+) -> bool:
+    """Move one device's state from ``current`` to ``new`` unless something else moved it first."""
+    result = session.execute(
+        update(DeploymentDevice)
+        .where(
+            DeploymentDevice.tenant_id == tenant_id,
+            DeploymentDevice.deployment_id == deployment_id,
+            DeploymentDevice.device_id == device_id,
+            DeploymentDevice.state == current.value,
+        )
+        .values(state=new.value, updated_at=now)
+        .execution_options(synchronize_session=False, preserve_rowcount=True)
+    )
+    return (cast("CursorResult[Any]", result).rowcount or 0) > 0

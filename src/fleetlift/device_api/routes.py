@@ -6,7 +6,6 @@ import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +15,8 @@ from fleetlift.api.deps import SessionDep
 from fleetlift.artifacts.rules import link_signature
 from fleetlift.deployments.rules import DeviceUpdateState
 from fleetlift.device_api import service
+from fleetlift.device_api.poll import PollAnswer, ReleaseView
+from fleetlift.device_api.tokens import DeviceClaims
 from fleetlift.devices.models import Device
 from fleetlift.errors import Unauthenticated
 from fleetlift.notifications import service as notifications
@@ -88,6 +89,20 @@ def current_device(
 
 
 CurrentDevice = Annotated[Device, Depends(current_device)]
+
+
+async def polling_device(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(device_bearer)],
+) -> DeviceClaims:
+    """The claims of a device token, for the poll: its admission is checked by the poll's own query."""
+    if credentials is None or not credentials.credentials:
+        raise Unauthenticated("a device token is required")
+    claims: DeviceClaims = await request.app.state.device_poller.authenticate(credentials.credentials)
+    return claims
+
+
+PollingDevice = Annotated[DeviceClaims, Depends(polling_device)]
 
 
 @router.post(
@@ -204,16 +219,18 @@ class StatusReport(StrictModel):
     detail: str | None = Field(default=None, max_length=2000)
 
 
-def _instructions(request: Request, device: Device, found: service.Instructions) -> UpdateInstructions:
+def _instructions(
+    request: Request, tenant_id: str, found: PollAnswer, release: ReleaseView
+) -> UpdateInstructions:
     state = request.app.state
     expires = int(time.time()) + state.settings.download_link_ttl_seconds
     files = []
     containers = []
-    for payload in found.release.payloads:
+    for payload in release.payloads:
         if payload["type"] != "file":
             containers.append(payload)
             continue
-        resource = f"{device.tenant_id}/{payload['artifact_id']}"
+        resource = f"{tenant_id}/{payload['artifact_id']}"
         signature = link_signature(state.link_secret, resource, expires)
         files.append(
             FilePayloadInstructions(
@@ -224,12 +241,10 @@ def _instructions(request: Request, device: Device, found: service.Instructions)
                 url=f"/downloads/v1/{resource}?expires={expires}&signature={signature}",
                 tuf_target=f"{payload['artifact_id']}/{payload['filename']}",
                 # releases made before installers were named default the same way
-                installer=payload.get("installer")
-                or ("ab-slot" if found.release.kind == "base" else "package"),
-                target=payload.get("target") or found.release.name,
+                installer=payload.get("installer") or ("ab-slot" if release.kind == "base" else "package"),
+                target=payload.get("target") or release.name,
             )
         )
-    release = found.release
     return UpdateInstructions(
         deployment_id=found.deployment_id,
         state=found.state,
@@ -257,29 +272,19 @@ def _instructions(request: Request, device: Device, found: service.Instructions)
 )
 async def next_update(
     request: Request,
-    device: CurrentDevice,
+    device: PollingDevice,
     wait: Annotated[int, Query(ge=0, le=60)] = 0,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match", max_length=200)] = None,
 ) -> Response:
     state = request.app.state
     interval = {"X-Fleetlift-Poll-Interval": str(state.settings.device_poll_interval_seconds)}
-    deadline = time.monotonic() + wait
-
-    def look() -> service.Instructions | None:
-        with state.sessions() as session:
-            return service.next_update(session=session, tenant_id=device.tenant_id, device_id=device.id)
-
-    while True:
-        found = await anyio.to_thread.run_sync(look)
-        if found is not None or time.monotonic() >= deadline:
-            break
-        await anyio.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
+    found = await state.device_poller.next_update(device, wait=wait, if_none_match=if_none_match)
     if found is None:
         return Response(status_code=204, headers=interval)
     headers = {**interval, "ETag": found.etag}
-    if if_none_match is not None and found.etag in [tag.strip() for tag in if_none_match.split(",")]:
+    if found.release is None:  # the device's If-None-Match named this answer
         return Response(status_code=304, headers=headers)
-    body = _instructions(request, device, found).model_dump_json()
+    body = _instructions(request, device.tenant_id, found, found.release).model_dump_json()
     return Response(body, media_type="application/json", headers=headers)
 
 

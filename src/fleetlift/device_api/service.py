@@ -1,8 +1,8 @@
-"""Use cases of the device protocol: authenticate a device, and know which device a token is."""
+"""Use cases of the device protocol: authenticate a device, and know which device a token is.
+The poll for the next update, the request devices send most, has a module of its own (``poll``)."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,21 +11,20 @@ from sqlalchemy.orm import Session
 
 from fleetlift.db import utcnow
 from fleetlift.deployments import service as deployments
-from fleetlift.deployments.rules import DeviceUpdateState, transition
+from fleetlift.deployments.rules import DeviceUpdateState
 from fleetlift.device_api.identity import (
     device_id_for,
     key_fingerprint,
     load_device_key,
     verify_request_signature,
 )
+from fleetlift.device_api.rules import token_refusal
 from fleetlift.device_api.tokens import DeviceTokens
 from fleetlift.devices import repository as devices
 from fleetlift.devices.models import Device
 from fleetlift.devices.rules import DeviceStatus
 from fleetlift.enrollment import service as enrollment
 from fleetlift.errors import Unauthenticated
-from fleetlift.releases import repository as releases
-from fleetlift.releases.models import Release
 from fleetlift.tenants.models import Tenant
 
 
@@ -152,52 +151,14 @@ def device_of_token(*, session: Session, tokens: DeviceTokens, token: str) -> De
     """The accepted device a token speaks for; revoked, rejected or decommissioned is a 401."""
     claims = tokens.verify(token)
     device = devices.get(session, tenant_id=claims.tenant_id, device_id=claims.device_id)
-    if device is None or device.status != DeviceStatus.ACCEPTED.value:
-        raise Unauthenticated("the device is no longer admitted")
-    if device.tokens_valid_after is not None and claims.issued_at < device.tokens_valid_after.replace(
-        microsecond=0
-    ):
-        raise Unauthenticated("the device token was revoked; authenticate again")
+    refusal = token_refusal(
+        None if device is None else device.status,
+        None if device is None else device.tokens_valid_after,
+        claims.issued_at,
+    )
+    if refusal is not None or device is None:
+        raise Unauthenticated(refusal or "the device is no longer admitted")
     return device
-
-
-@dataclass(frozen=True)
-class Instructions:
-    """What a polling device is told to install."""
-
-    deployment_id: str
-    release: Release
-    state: str
-    etag: str
-
-
-def next_update(*, session: Session, tenant_id: str, device_id: str) -> Instructions | None:
-    """The update the device should work on now, if any. Telling it is recorded: a pending
-    device becomes notified (through the state machine, so a repeated poll changes nothing)."""
-    now = utcnow()
-    found = deployments.effective_for_device(
-        session=session, tenant_id=tenant_id, device_id=device_id, now=now
-    )
-    devices.touch(session, tenant_id=tenant_id, device_id=device_id, now=now)
-    if found is None:
-        session.commit()
-        return None
-    state, deployment = found
-    release = releases.get(session, tenant_id=tenant_id, release_id=deployment.release_id)
-    if release is None:  # a deployment always names an existing release (foreign key)
-        session.commit()
-        return None
-    outcome = transition(DeviceUpdateState(state.state), DeviceUpdateState.NOTIFIED)
-    if outcome.changed:
-        state.state = outcome.state.value
-        state.updated_at = now
-    session.commit()
-    etag = (
-        '"'
-        + hashlib.sha256(f"{deployment.id}:{release.id}:{release.row_version}".encode()).hexdigest()[:32]
-        + '"'
-    )
-    return Instructions(deployment.id, release, state.state, etag)
 
 
 def report_status(

@@ -1,9 +1,18 @@
 """Short-lived device tokens: ES256 JWTs from the server's own device issuer, valid only on the
-device protocol (a separate issuer and audience the management API does not trust)."""
+device protocol (a separate issuer and audience the management API does not trust).
+
+Checking an ES256 signature costs far more than the rest of a poll, and a device sends the same
+token for its whole lifetime, so verified tokens are remembered (a bounded LRU, token to claims,
+each entry dropped when the token expires). Only the signature is cached: whether the device is
+still admitted, and whether its tokens were revoked, is read from the database on every request.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,11 +34,51 @@ class DeviceClaims:
     issued_at: datetime
 
 
+# Room for a fleet of this many polling devices per server process (about 0.5 KiB an entry).
+DEFAULT_CACHE_SIZE = 131_072
+
+
+class VerifiedTokens:
+    """A bounded LRU of verified tokens and their claims, each valid until its token's expiry.
+
+    Thread-safe: the synchronous routes check tokens from the thread pool."""
+
+    def __init__(self, max_entries: int = DEFAULT_CACHE_SIZE) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, DeviceClaims]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, token: str, now: float) -> DeviceClaims | None:
+        """The claims of a token verified before and not expired yet."""
+        with self._lock:
+            entry = self._entries.get(token)
+            if entry is None:
+                return None
+            if entry[0] <= now:  # the same rule as PyJWT: a token is dead from its `exp` on
+                del self._entries[token]
+                return None
+            self._entries.move_to_end(token)
+            return entry[1]
+
+    def put(self, token: str, expires: float, claims: DeviceClaims) -> None:
+        if self.max_entries <= 0:
+            return
+        with self._lock:
+            self._entries[token] = (expires, claims)
+            self._entries.move_to_end(token)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class DeviceTokens:
     """Issues and checks device tokens with a key kept under the data directory."""
 
-    def __init__(self, key_path: Path, ttl: timedelta) -> None:
+    def __init__(self, key_path: Path, ttl: timedelta, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.ttl = ttl
+        self.verified = VerifiedTokens(cache_size)
         if not key_path.exists():
             key_path.parent.mkdir(parents=True, exist_ok=True)
             pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
@@ -41,6 +90,7 @@ class DeviceTokens:
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{key_path} does not hold an EC private key")
         self._key = loaded
+        self._public_key = loaded.public_key()
 
     def issue(self, *, tenant_id: str, device_id: str, now: datetime | None = None) -> tuple[str, datetime]:
         """A token for one device of one tenant, and when it expires."""
@@ -59,10 +109,14 @@ class DeviceTokens:
 
     def verify(self, token: str) -> DeviceClaims:
         """The device a token speaks for; 401 when it is not one of ours or has expired."""
+        now = time.time()
+        known = self.verified.get(token, now)
+        if known is not None:
+            return known
         try:
             claims = jwt.decode(
                 token,
-                self._key.public_key(),
+                self._public_key,
                 algorithms=["ES256"],
                 audience=AUDIENCE,
                 issuer=ISSUER,
@@ -72,6 +126,8 @@ class DeviceTokens:
             raise Unauthenticated("the device token has expired; authenticate again") from None
         except jwt.PyJWTError:
             raise Unauthenticated("invalid device token") from None
-        return DeviceClaims(
+        verified = DeviceClaims(
             str(claims["tenant"]), str(claims["sub"]), datetime.fromtimestamp(claims["iat"], UTC)
         )
+        self.verified.put(token, float(claims["exp"]), verified)
+        return verified

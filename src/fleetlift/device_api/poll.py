@@ -1,0 +1,326 @@
+"""The device poll's hot path: what a device should install now, answered from one indexed query.
+
+Every gateway of a fleet polls, so this is the request the server answers most:
+
+- the token's ES256 signature is checked once and then remembered (``tokens.VerifiedTokens``); the
+  device's admission and revocation are read on every poll, in the same query that finds the
+  deployment, so rejecting or decommissioning a device takes effect at once in every process;
+- the answer's ETag comes from that query, so a 304 is given without loading the release;
+  releases are cached by ``(tenant, id, row_version)``, which any change to a release bumps;
+- ``last_seen_at`` is written at most once per ``seen_resolution`` per device, in batches;
+- a long poll sleeps until this process commits a change to a deployment of the device's tenant
+  (``PollNotifier``), re-checking the database every ``recheck_seconds`` anyway, so changes made by
+  other server processes, and deployments whose ``start_at`` comes, are seen too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import chain
+from typing import Any
+
+import anyio
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleetlift.db import utcnow
+from fleetlift.deployments import repository as deployments
+from fleetlift.deployments.models import Deployment
+from fleetlift.deployments.rules import DeviceUpdateState, transition
+from fleetlift.device_api import repository
+from fleetlift.device_api.rules import etag_matches, poll_etag, seen_is_stale, token_refusal
+from fleetlift.device_api.tokens import DeviceClaims, DeviceTokens
+from fleetlift.errors import Unauthenticated
+from fleetlift.releases import repository as releases
+
+log = logging.getLogger(__name__)
+
+SEEN_RESOLUTION = timedelta(seconds=60)
+SEEN_FLUSH_SECONDS = 1.0
+SEEN_MAX_BATCH = 5_000
+RECHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ReleaseView:
+    """The part of a release a device is told about."""
+
+    id: str
+    name: str
+    version: str
+    kind: str
+    payloads: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class PollAnswer:
+    """The update a device should work on; ``release`` is ``None`` when its ETag matched (304)."""
+
+    deployment_id: str
+    state: str
+    etag: str
+    release: ReleaseView | None
+
+
+class PollNotifier:
+    """Wakes the long polls of this process when a deployment of their tenant changes.
+
+    ``signal`` may be called from any thread (services commit in the thread pool); waiters live on
+    event loops. A per-tenant generation closes the race between a poll's database check and its
+    wait: a change committed in between makes the wait return at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generations: dict[str, int] = {}
+        self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+
+    def generation(self, tenant_id: str) -> int:
+        return self._generations.get(tenant_id, 0)
+
+    def signal(self, tenant_ids: Iterable[str]) -> None:
+        """Deployments of these tenants changed: wake their waiting polls."""
+        woken: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        with self._lock:
+            for tenant_id in tenant_ids:
+                self._generations[tenant_id] = self._generations.get(tenant_id, 0) + 1
+                woken.extend(self._waiters.pop(tenant_id, ()))
+        for loop, future in woken:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there any more
+                loop.call_soon_threadsafe(_resolve, future)
+
+    async def wait(self, tenant_id: str, since: int, timeout: float) -> bool:
+        """Wait until the tenant's generation moves past ``since`` (True) or ``timeout`` passes."""
+        loop = asyncio.get_running_loop()
+        entry = (loop, loop.create_future())
+        with self._lock:
+            if self._generations.get(tenant_id, 0) != since:
+                return True
+            self._waiters.setdefault(tenant_id, set()).add(entry)
+        try:
+            await asyncio.wait_for(entry[1], timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with self._lock:
+                waiting = self._waiters.get(tenant_id)
+                if waiting is not None:
+                    waiting.discard(entry)
+                    if not waiting:
+                        del self._waiters[tenant_id]
+
+    def waiting(self) -> int:
+        """How many polls wait (for metrics and tests)."""
+        with self._lock:
+            return sum(len(entries) for entries in self._waiters.values())
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+_CHANGED_TENANTS = "fleetlift.deployments_changed"
+
+
+def deployments_changed(session: Session, tenant_id: str) -> None:
+    """Mark that this transaction changes what devices of the tenant should install; waiting polls
+    of this process wake when it commits. Changes to ``Deployment`` rows are noticed without it;
+    code that only writes ``deployment_devices`` with bulk SQL (opening a wave) calls it."""
+    session.info.setdefault(_CHANGED_TENANTS, set()).add(tenant_id)
+
+
+def install_session_hooks(sessions: sessionmaker[Session], notifier: PollNotifier) -> None:
+    """Signal ``notifier`` after every commit that created or changed a deployment."""
+
+    def flushed(session: Session, _context: Any) -> None:
+        for item in chain(session.new, session.dirty, session.deleted):
+            if isinstance(item, Deployment):
+                deployments_changed(session, item.tenant_id)
+
+    def committed(session: Session) -> None:
+        tenants = session.info.pop(_CHANGED_TENANTS, None)
+        if tenants:
+            notifier.signal(tenants)
+
+    def rolled_back(session: Session, *_args: Any) -> None:
+        session.info.pop(_CHANGED_TENANTS, None)
+
+    event.listen(sessions, "after_flush", flushed)
+    event.listen(sessions, "after_commit", committed)
+    event.listen(sessions, "after_soft_rollback", rolled_back)
+
+
+class SeenRecorder:
+    """Devices seen since the last flush, written together; thread-safe."""
+
+    def __init__(self, resolution: timedelta) -> None:
+        self.resolution = resolution
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str], datetime] = {}
+
+    def note(self, tenant_id: str, device_id: str, now: datetime) -> int:
+        """Remember a device was seen; how many devices wait to be written."""
+        with self._lock:
+            self._pending[(tenant_id, device_id)] = now
+            return len(self._pending)
+
+    def take(self) -> list[tuple[str, str, datetime, datetime]]:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        return [(tenant, device, at, at - self.resolution) for (tenant, device), at in pending.items()]
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+class ReleaseCache:
+    """Releases as devices see them, keyed by ``(tenant, id, row_version)``: a change to a release
+    bumps its row version, so an entry is never stale, in any process."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, str, int], ReleaseView] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, int]) -> ReleaseView | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[str, str, int], release: ReleaseView) -> None:
+        with self._lock:
+            self._entries[key] = release
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+
+class DevicePoller:
+    """Answers device polls; one per application (``app.state.device_poller``)."""
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        tokens: DeviceTokens,
+        notifier: PollNotifier,
+        seen_resolution: timedelta = SEEN_RESOLUTION,
+        recheck_seconds: float = RECHECK_SECONDS,
+    ) -> None:
+        self.sessions = sessions
+        self.tokens = tokens
+        self.notifier = notifier
+        self.seen = SeenRecorder(seen_resolution)
+        self.releases = ReleaseCache()
+        self.recheck_seconds = recheck_seconds
+
+    async def authenticate(self, token: str) -> DeviceClaims:
+        """The claims of a device token: from the cache, or verified off the event loop."""
+        claims = self.tokens.verified.get(token, time.time())
+        if claims is not None:
+            return claims
+        return await anyio.to_thread.run_sync(self.tokens.verify, token)
+
+    async def next_update(
+        self, claims: DeviceClaims, *, wait: int, if_none_match: str | None
+    ) -> PollAnswer | None:
+        """The update the device should work on now; with ``wait``, hold until one appears."""
+        deadline = time.monotonic() + wait
+        while True:
+            generation = self.notifier.generation(claims.tenant_id)
+            found = await anyio.to_thread.run_sync(self.check, claims, if_none_match)
+            remaining = deadline - time.monotonic()
+            if found is not None or remaining <= 0:
+                return found
+            await self.notifier.wait(claims.tenant_id, generation, min(remaining, self.recheck_seconds))
+
+    def check(self, claims: DeviceClaims, if_none_match: str | None) -> PollAnswer | None:
+        """One poll: admission, the deployment, its ETag, and recording that the device was told."""
+        now = utcnow()
+        with self.sessions() as session:
+            row = deployments.poll_row(
+                session, tenant_id=claims.tenant_id, device_id=claims.device_id, now=now
+            )
+            refusal = token_refusal(
+                None if row is None else row.status,
+                None if row is None else row.tokens_valid_after,
+                claims.issued_at,
+            )
+            if refusal is not None or row is None:
+                raise Unauthenticated(refusal or "the device is no longer admitted")
+            stale = seen_is_stale(row.last_seen_at, now, self.seen.resolution)
+            if stale and self.seen.note(claims.tenant_id, claims.device_id, now) >= SEEN_MAX_BATCH:
+                self._write_seen(session)
+            if row.deployment_id is None or row.state is None or row.release_id is None:
+                session.commit()
+                return None
+            assert row.release_row_version is not None  # joined with the release
+            state = DeviceUpdateState(row.state)
+            outcome = transition(state, DeviceUpdateState.NOTIFIED)
+            if outcome.changed:  # telling the device is recorded: pending becomes notified, once
+                deployments.advance_device_state(
+                    session,
+                    tenant_id=claims.tenant_id,
+                    deployment_id=row.deployment_id,
+                    device_id=claims.device_id,
+                    current=state,
+                    new=outcome.state,
+                    now=now,
+                )
+            etag = poll_etag(row.deployment_id, row.release_id, row.release_row_version)
+            release = None
+            if not etag_matches(if_none_match, etag):
+                release = self._release(session, claims.tenant_id, row.release_id, row.release_row_version)
+            session.commit()
+        return PollAnswer(row.deployment_id, outcome.state.value, etag, release)
+
+    def _release(self, session: Session, tenant_id: str, release_id: str, row_version: int) -> ReleaseView:
+        key = (tenant_id, release_id, row_version)
+        cached = self.releases.get(key)
+        if cached is not None:
+            return cached
+        found = releases.get(session, tenant_id=tenant_id, release_id=release_id)
+        if found is None:  # a deployment always names an existing release (foreign key)
+            raise LookupError(release_id)
+        view = ReleaseView(found.id, found.name, found.version, found.kind, tuple(found.payloads))
+        if found.row_version == row_version:
+            self.releases.put(key, view)
+        return view
+
+    def _write_seen(self, session: Session) -> None:
+        repository.record_seen(session, seen=self.seen.take())
+
+    def flush_seen(self) -> int:
+        """Write the devices seen since the last flush; how many."""
+        seen = self.seen.take()
+        if seen:
+            with self.sessions() as session:
+                repository.record_seen(session, seen=seen)
+                session.commit()
+        return len(seen)
+
+    async def run(self, interval: float = SEEN_FLUSH_SECONDS) -> None:
+        """Flush ``last_seen_at`` every ``interval`` until cancelled, and once more then."""
+        try:
+            while True:
+                await anyio.sleep(interval)
+                if len(self.seen):
+                    try:
+                        await anyio.to_thread.run_sync(self.flush_seen)
+                    except Exception:  # the database may be briefly unavailable; try again later
+                        log.exception("could not record when devices were last seen")
+        finally:
+            try:  # at shutdown: a short blocking write is fine
+                self.flush_seen()
+            except Exception:
+                log.exception("could not record when devices were last seen")
