@@ -1,0 +1,106 @@
+"""Run a fleet: identities, one shared HTTP client, a task per device started along the ramp,
+periodic summaries, and a clean stop on --duration, SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from .device import FleetContext, VirtualDevice
+from .identities import fleet_identities, save_state
+from .protocol import DeviceProtocol
+from .settings import SimSettings
+from .stats import FleetStats, summary_line
+
+USER_AGENT = "fleetlift-sim"
+
+
+async def _report_periodically(stats: FleetStats, interval: float, progress: Callable[[str], None]) -> None:
+    previous = stats.snapshot()
+    stats.start_window()
+    while True:
+        await asyncio.sleep(interval)
+        current = stats.snapshot(previous=previous)
+        stats.start_window()
+        progress(summary_line(current))
+        previous = current
+
+
+def _watch(task: asyncio.Task[None], stats: FleetStats) -> None:
+    """A device that dies of a bug is counted and shown once, never silently lost."""
+    if task.cancelled() or task.exception() is None:
+        return
+    error = task.exception()
+    assert error is not None
+    first = not any(name.startswith("crash:") for name in stats.errors)
+    stats.errors[f"crash:{type(error).__name__}"] += 1
+    if first:
+        traceback.print_exception(error, file=sys.stderr)
+
+
+async def run_fleet(
+    settings: SimSettings, *, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Run until ``settings.duration_seconds`` pass or a stop signal arrives; the summary of the run."""
+    prefix, identities = fleet_identities(settings.devices, settings.prefix, settings.state_file)
+    if settings.state_file is not None:
+        save_state(settings.state_file, prefix, identities)  # the keys survive even a crash
+    stats = FleetStats()
+    limits = httpx.Limits(
+        max_connections=settings.connections,
+        max_keepalive_connections=settings.connections,
+        keepalive_expiry=30.0,
+    )
+    timeout = httpx.Timeout(
+        settings.request_timeout_seconds, connect=min(10.0, settings.request_timeout_seconds)
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    handled_signals = []
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal_number, stop.set)
+            handled_signals.append(signal_number)
+    async with httpx.AsyncClient(
+        base_url=settings.server, limits=limits, timeout=timeout, headers={"User-Agent": USER_AGENT}
+    ) as client:
+        fleet = FleetContext(
+            settings=settings,
+            protocol=DeviceProtocol(client, connections=settings.connections, stats=stats),
+            stats=stats,
+            rng=random.Random(settings.seed),
+        )
+        devices = [VirtualDevice(identity, fleet) for identity in identities[: settings.devices]]
+        step = settings.ramp_seconds / len(devices)
+        tasks = [
+            asyncio.create_task(device.run(start_delay=index * step)) for index, device in enumerate(devices)
+        ]
+        for task in tasks:
+            task.add_done_callback(lambda done: _watch(done, stats))
+        reporter = None
+        if progress is not None and settings.stats_interval_seconds > 0:
+            reporter = asyncio.create_task(
+                _report_periodically(stats, settings.stats_interval_seconds, progress)
+            )
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=settings.duration_seconds)
+        finally:
+            for signal_number in handled_signals:
+                loop.remove_signal_handler(signal_number)
+            for task in [*tasks, *([reporter] if reporter else [])]:
+                task.cancel()
+            await asyncio.gather(*tasks, *([reporter] if reporter else []), return_exceptions=True)
+    if settings.state_file is not None:
+        save_state(settings.state_file, prefix, identities)
+    summary = stats.snapshot()
+    summary["fleet"] = {"server": settings.server, "prefix": prefix, "devices": len(devices)}
+    return summary
