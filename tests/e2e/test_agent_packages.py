@@ -1,0 +1,174 @@
+"""The real server and real agent processes: admission, a code package installed, a failing
+package rolled back, a corrupted download refused, and kill -9 mid-download and mid-install."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .agent_process import AgentProcess, code_package
+from .harness import ServerProcess, server_process
+
+__all__ = ["server_process"]
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[list[AgentProcess]]:
+    started: list[AgentProcess] = []
+    yield started
+    for agent in started:
+        agent.stop()
+
+
+def _admitted_agent(
+    server: ServerProcess, tmp_path: Path, agents: list[AgentProcess], device_id: str, *extra: str
+) -> AgentProcess:
+    agent = AgentProcess(server.base, tmp_path / device_id, device_id, *extra).start()
+    agents.append(agent)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = server.api.get(f"/devices/{device_id}")
+        if found.status_code == 200:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the device never asked to be admitted:\n" + agent.log())
+    assert found.json()["status"] == "pending"
+    accepted = server.api.post(f"/devices/{device_id}/accept")
+    assert accepted.status_code == 200, accepted.text
+    return agent
+
+
+def _package_release(server: ServerProcess, version: str, content: bytes) -> str:
+    artifact = server.upload(content, f"app-{version}.tar.gz", version)
+    return server.release(
+        "app",
+        version,
+        [{"type": "file", "artifact_id": artifact["id"], "installer": "package", "target": "app"}],
+    )
+
+
+def _current_version(agent: AgentProcess) -> str:
+    return os.readlink(agent.data_dir / "packages" / "app" / "current").rstrip("/").split("/")[-1]
+
+
+def test_admission_then_package_install_with_inventory(
+    server_process: ServerProcess, tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    server = server_process
+    agent = _admitted_agent(server, tmp_path, agents, "gw-pkg-1")
+    release_id = _package_release(server, "1.0.0", code_package("1.0.0"))
+    deployment = server.deploy(release_id, "deviceId = 'gw-pkg-1'")
+    row = server.wait_for_state(deployment, "gw-pkg-1", {"succeeded", "failed", "rolled_back"})
+    assert row["state"] == "succeeded", agent.log()[-3000:]
+    assert (agent.data_dir / "packages" / "app" / "current" / "app.txt").read_text() == "app 1.0.0\n"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        reported = server.api.get("/devices/gw-pkg-1").json()["reported"]
+        if reported.get("installed", {}).get("package:app") == "1.0.0":
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"inventory never showed the package: {reported}")
+    assert reported["agent_version"] and reported["device_type"] == "e2e-gw"
+
+
+def test_failing_package_is_rolled_back_and_its_log_uploaded(
+    server_process: ServerProcess, tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    server = server_process
+    agent = _admitted_agent(server, tmp_path, agents, "gw-pkg-2")
+    good = server.deploy(_package_release(server, "1.0.0", code_package("1.0.0")), "deviceId = 'gw-pkg-2'")
+    assert server.wait_for_state(good, "gw-pkg-2", {"succeeded", "failed"})["state"] == "succeeded"
+    bad_release = _package_release(
+        server, "2.0.0", code_package("2.0.0", check="echo database unreachable; exit 4")
+    )
+    bad = server.deploy(bad_release, "deviceId = 'gw-pkg-2'")
+    row = server.wait_for_state(bad, "gw-pkg-2", {"succeeded", "failed", "rolled_back"})
+    assert row["state"] == "rolled_back", agent.log()[-3000:]
+    assert _current_version(agent) == "1.0.0"
+    assert not (agent.data_dir / "packages" / "app" / "versions" / "2.0.0").exists()
+    log = server.api.get(f"/deployments/{bad}/devices/gw-pkg-2/log")
+    assert log.status_code == 200, log.text
+    assert "database unreachable" in log.json()["log"]
+
+
+def test_corrupted_download_is_refused(
+    server_process: ServerProcess, tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    server = server_process
+    agent = _admitted_agent(server, tmp_path, agents, "gw-pkg-3")
+    content = code_package("1.0.0")
+    artifact = server.upload(content, "app-1.0.0.tar.gz", "1.0.0")
+    stored = [
+        p
+        for p in (server.data_dir / "artifacts").rglob("*")
+        if p.is_file() and p.stat().st_size == len(content)
+    ]
+    assert len(stored) == 1
+    stored[0].write_bytes(content[:-10] + b"tampered!!")  # same size, other bytes
+    release_id = server.release(
+        "app",
+        "1.0.0",
+        [{"type": "file", "artifact_id": artifact["id"], "installer": "package", "target": "app"}],
+    )
+    deployment = server.deploy(release_id, "deviceId = 'gw-pkg-3'")
+    row = server.wait_for_state(deployment, "gw-pkg-3", {"succeeded", "failed", "rolled_back"})
+    assert row["state"] == "failed", agent.log()[-3000:]
+    assert "sha-256" in (row.get("detail") or "").lower() or "sha256" in (row.get("detail") or "").lower(), (
+        row
+    )
+    assert not (agent.data_dir / "packages" / "app").exists()
+
+
+def test_kill_9_mid_download_resumes(
+    server_process: ServerProcess, tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    server = server_process
+    agent = _admitted_agent(server, tmp_path, agents, "gw-pkg-4", "--rate-limit", "400000")
+    release_id = _package_release(server, "1.0.0", code_package("1.0.0", padding=2_000_000))
+    deployment = server.deploy(release_id, "deviceId = 'gw-pkg-4'")
+    downloads = agent.data_dir / "downloads"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        parts = list(downloads.glob("*.part")) if downloads.exists() else []
+        if parts and parts[0].stat().st_size > 300_000:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the download never got going:\n" + agent.log()[-3000:])
+    agent.kill9()
+    kept = parts[0].stat().st_size
+    assert 0 < kept < 2_000_000
+    agent.start()
+    row = server.wait_for_state(deployment, "gw-pkg-4", {"succeeded", "failed", "rolled_back"})
+    assert row["state"] == "succeeded", agent.log()[-3000:]
+    assert "resuming deployment" in agent.log()
+    assert _current_version(agent) == "1.0.0"
+
+
+def test_kill_9_mid_install_rolls_back(
+    server_process: ServerProcess, tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    server = server_process
+    agent = _admitted_agent(server, tmp_path, agents, "gw-pkg-5")
+    good = server.deploy(_package_release(server, "1.0.0", code_package("1.0.0")), "deviceId = 'gw-pkg-5'")
+    assert server.wait_for_state(good, "gw-pkg-5", {"succeeded", "failed"})["state"] == "succeeded"
+    slow = _package_release(server, "2.0.0", code_package("2.0.0", check="sleep 60"))
+    deployment = server.deploy(slow, "deviceId = 'gw-pkg-5'")
+    server.wait_for_state(deployment, "gw-pkg-5", {"verifying"})
+    assert _current_version(agent) == "2.0.0"  # switched, being checked
+    agent.kill9()
+    journal = json.loads((agent.data_dir / "journal.json").read_text())
+    assert journal["current"]["phase"] == "verifying"
+    agent.start()
+    row = server.wait_for_state(deployment, "gw-pkg-5", {"succeeded", "failed", "rolled_back"})
+    assert row["state"] == "rolled_back", agent.log()[-3000:]
+    assert _current_version(agent) == "1.0.0"
