@@ -191,6 +191,10 @@ class Downloader:
             state.close()
             _discard(part, meta)
             raise
+        except BaseException:
+            if state.done == 0:
+                _discard(part, meta)  # nothing to resume: leave no empty litter behind
+            raise
         finally:
             state.close()
         if (got_size, got_sha) != (size, sha256):
