@@ -286,7 +286,7 @@ def test_switch_is_atomic_for_a_reader_of_current(tmp_path: Path, installer: Pac
     first = payload(make_zip(tmp_path / "v1.zip", {**files, "COMPLETE": "1"}))
     second = payload(make_zip(tmp_path / "v2.zip", {**files, "COMPLETE": "2"}))
     update_one, update_two = _update("1.0"), _update("2.0")
-    install(installer, "1.0", first.path)  # type: ignore[arg-type]
+    install(installer, "1.0", first.path)
     installer.prepare(update_two, second)
 
     # The reader is another process, as the application using the package would be.
