@@ -332,8 +332,8 @@ class Runner:
                 self.progress(deployment_id, "downloading", f"{overall}%")
 
         for entry in files:
-            from fleetlift_agent.download import CorruptDownload, DownloadError, LinkExpired
-            from fleetlift_agent.trust import UntrustedTarget
+            from fleetlift_agent.download import CorruptDownload, DownloadError, LinkExpired, NoSpace
+            from fleetlift_agent.trust import TrustUnavailable, UntrustedTarget
 
             try:
                 path = self.fetcher.fetch(
@@ -348,10 +348,14 @@ class Runner:
                 raise TryAgainLater(f"download link expired ({error}); asking for a fresh one") from None
             except CorruptDownload as error:
                 raise UpdateFailed("failed", f"{entry['filename']}: {error}") from None
+            except NoSpace as error:
+                raise UpdateFailed("failed", f"no room for {entry['filename']}: {error}") from None
             except DownloadError as error:
                 raise TryAgainLater(f"download of {entry['filename']} interrupted: {error}") from None
             try:
                 self.verifier.verify(str(entry["tuf_target"]), path)
+            except TrustUnavailable as error:
+                raise TryAgainLater(f"TUF metadata unreachable: {error}") from None
             except UntrustedTarget as error:
                 path.unlink(missing_ok=True)
                 raise UpdateFailed(

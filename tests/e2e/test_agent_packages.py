@@ -172,3 +172,42 @@ def test_kill_9_mid_install_rolls_back(
     row = server.wait_for_state(deployment, "gw-pkg-5", {"succeeded", "failed", "rolled_back"})
     assert row["state"] == "rolled_back", agent.log()[-3000:]
     assert _current_version(agent) == "1.0.0"
+
+
+def test_the_hosting_application_decides_when_a_patch_is_applied(
+    server_process: ServerProcess, tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    from fleetlift_agent.sdk import AgentClient
+
+    from ..ports import free_port
+
+    server = server_process
+    port = free_port()
+    agent = _admitted_agent(
+        server, tmp_path, agents, "gw-app-1", "--app-control", "--local-api-port", str(port)
+    )
+    application = AgentClient(port)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            assert application.state().state == "BUSY"  # a new device starts busy
+            break
+        except OSError:
+            time.sleep(0.1)
+    deployment = server.deploy(
+        _package_release(server, "1.0.0", code_package("1.0.0")), "deviceId = 'gw-app-1'"
+    )
+    server.wait_for_state(deployment, "gw-app-1", {"downloaded"})
+    time.sleep(2)  # busy: the agent downloads but does not install
+    assert server.device_state(deployment, "gw-app-1")["state"] == "downloaded"  # type: ignore[index]
+    assert application.state().state == "BUSY"
+    assert application.ready().state in ("READY_WITHPATCH", "WAIT_CONFIRM_PATCH")
+    deadline = time.monotonic() + 10
+    while application.state().state != "WAIT_CONFIRM_PATCH" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert application.state().state == "WAIT_CONFIRM_PATCH"
+    assert not (agent.data_dir / "packages" / "app").exists()
+    application.confirm_patch()
+    row = server.wait_for_state(deployment, "gw-app-1", {"succeeded", "failed", "rolled_back"})
+    assert row["state"] == "succeeded", agent.log()[-3000:]
+    assert application.state().state == "READY"
