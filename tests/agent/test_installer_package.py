@@ -409,6 +409,25 @@ def test_writing_through_a_symlinked_directory_is_refused(
     assert not (tmp_path / "packages" / "app" / "versions" / "x").exists()
 
 
+@pytest.mark.parametrize(
+    "links",
+    [
+        [_link("a", "."), _link("b", "a/..")],
+        # Harmless when made, outside once "x" exists.
+        [_link("b", "x/.."), _link("x", ".")],
+        [_link("a", "."), _link("b", "a/.."), _link("c", "b/versions", tarfile.LNKTYPE)],
+    ],
+)
+def test_links_that_only_lead_outside_together_are_refused(
+    tmp_path: Path, installer: PackageInstaller, links: list[tarfile.TarInfo]
+) -> None:
+    archive = _tar_with(tmp_path / "chain.tgz", *links)
+
+    with pytest.raises(InstallError, match="points outside the package"):
+        installer.prepare(_update("6.6.6"), payload(archive))
+    assert list((tmp_path / "packages" / "app" / "versions").iterdir()) == []
+
+
 def test_device_files_are_refused(tmp_path: Path, installer: PackageInstaller) -> None:
     device = tarfile.TarInfo("dev/sda")
     device.type = tarfile.BLKTYPE

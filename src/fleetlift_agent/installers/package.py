@@ -232,8 +232,27 @@ def _unpack(archive: Path, destination: Path) -> None:
         _unpack_tar(archive, destination)
     else:
         raise InstallError(f"{archive.name} is neither a zip nor a tar archive")
+    _refuse_links_leaving(destination)
     for directory, _, _ in os.walk(destination):
         fsync_directory(Path(directory))
+
+
+def _inside(real_root: str, path: str) -> bool:
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+
+
+def _refuse_links_leaving(root: Path) -> None:
+    """Each link was checked on its own as it was made; together (``b -> x/..`` then ``x -> .``)
+    they can still lead out, which only the finished tree shows."""
+    real_root = os.path.realpath(root)
+    for directory, subdirectories, files in os.walk(root):
+        for name in subdirectories + files:
+            path = os.path.join(directory, name)
+            if os.path.islink(path) and not _inside(real_root, path):
+                member = os.path.relpath(path, root)
+                raise InstallError(
+                    f"the archive's link {member} points outside the package: {os.readlink(path)}"
+                )
 
 
 def _member_path(name: str) -> str:
@@ -314,7 +333,7 @@ def _place(root: Path, entry: _Entry, source: IO[bytes] | None) -> None:
     # Parents are created by us or by earlier members; one of them being a symlink could redirect
     # the write outside the package, so every parent must really be inside.
     real_root = os.path.realpath(root)
-    if os.path.commonpath([real_root, os.path.realpath(target.parent)]) != real_root:
+    if not _inside(real_root, str(target.parent)):
         raise InstallError(f"the archive writes through a link outside the package: {entry.path}")
     target.parent.mkdir(parents=True, exist_ok=True)
     if entry.kind == "dir":
@@ -339,6 +358,8 @@ def _place(root: Path, entry: _Entry, source: IO[bytes] | None) -> None:
         os.symlink(entry.link, target)
     else:
         linked = root / _check_link(entry.path, entry.link, hard=True)
+        if not _inside(real_root, str(linked)):
+            raise InstallError(f"the archive's link {entry.path} points outside the package: {entry.link}")
         if linked.is_symlink() or not linked.is_file():
             raise InstallError(f"the archive's hard link {entry.path} is not to a file in the package")
         _clear(target, entry.path)
