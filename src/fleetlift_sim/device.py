@@ -327,8 +327,11 @@ class VirtualDevice:
             self.identity.installed[name] = version
         await self._call(self._send_inventory)
 
-    async def _report(self, deployment_id: str, status: str, detail: str | None, log: UpdateLog) -> None:
-        log.add(status if detail is None else f"{status}: {detail}")
+    async def _report(
+        self, deployment_id: str, status: str, detail: str | None, log: UpdateLog, *, logged: bool = False
+    ) -> None:
+        if not logged:
+            log.add(status if detail is None else f"{status}: {detail}")
         protocol = self.fleet.protocol
 
         async def send(token: str) -> httpx.Response:
@@ -340,9 +343,9 @@ class VirtualDevice:
             raise UpdateAbandoned(f"HTTP {answer.status_code} on {status}")
 
     async def _fail(self, deployment_id: str, status: str, reason: str, log: UpdateLog) -> None:
-        """Report a failure or rollback, then upload the log that explains it."""
-        await self._report(deployment_id, status, reason, log)
-        self.fleet.stats.updates[status] += 1
+        """Upload the log that explains a failure or rollback, then report it: whoever sees the
+        outcome can already read why."""
+        log.add(f"{status}: {reason}")
         protocol = self.fleet.protocol
         text = log.text()
 
@@ -350,6 +353,8 @@ class VirtualDevice:
             return await protocol.upload_log(token, deployment_id, text)
 
         await self._call(upload)
+        await self._report(deployment_id, status, reason, log, logged=True)
+        self.fleet.stats.updates[status] += 1
 
     async def _download(self, file: dict[str, Any], log: UpdateLog) -> None:
         """Fetch one file through its signed link, resuming with Range after an interruption, and
