@@ -309,50 +309,61 @@ class PollRow:
 
 
 def _poll_statement() -> Select[Any]:
-    """The device row, outer-joined to its live deployments (active, started, not deleted, not
-    finished for it) and their releases, best first: the SQL twin of ``rules.effective_deployment``
-    (highest priority, newest among equals). Built once: every poll runs the same cached statement.
+    """The device row, outer-joined to its unfinished deployment rows, the live ones among their
+    deployments (active, started, not deleted) and their releases, best first: the SQL twin of
+    ``rules.effective_deployment`` (highest priority, newest among equals). A row whose deployment
+    is not live has NULL deployment columns and sorts last. Built once: every poll runs the same
+    cached statement.
 
-    Indexes: the device's primary key, ``ix_deployment_devices_device``, then the primary keys of
-    deployments and releases."""
+    Plain left joins, not a nested join: SQLite materialises a parenthesised join (a scan of every
+    deployment); this way each step is an index lookup: the device's primary key,
+    ``ix_deployment_devices_device``, then the primary keys of deployments and releases."""
     devices, links = Device.__table__.c, DeploymentDevice.__table__.c
     deployments, releases = Deployment.__table__.c, Release.__table__.c
     now = bindparam("now", type_=Deployment.__table__.c.start_at.type)
-    live = DeploymentDevice.__table__.join(
-        Deployment.__table__,
-        and_(
-            deployments.tenant_id == links.tenant_id,
-            deployments.id == links.deployment_id,
-            deployments.phase == literal_column(f"'{Phase.ACTIVE.value}'"),
-            deployments.deleted_at.is_(None),
-            or_(deployments.start_at.is_(None), deployments.start_at <= now),
-        ),
-    ).join(
-        Release.__table__,
-        and_(releases.tenant_id == deployments.tenant_id, releases.id == deployments.release_id),
+    terminal: list[ColumnElement[str]] = [literal_column(f"'{state}'") for state in sorted(_TERMINAL)]
+    joined = (
+        Device.__table__.outerjoin(
+            DeploymentDevice.__table__,
+            and_(
+                links.tenant_id == devices.tenant_id,
+                links.device_id == devices.id,
+                links.state.not_in(terminal),
+            ),
+        )
+        .outerjoin(
+            Deployment.__table__,
+            and_(
+                deployments.tenant_id == links.tenant_id,
+                deployments.id == links.deployment_id,
+                deployments.phase == literal_column(f"'{Phase.ACTIVE.value}'"),
+                deployments.deleted_at.is_(None),
+                or_(deployments.start_at.is_(None), deployments.start_at <= now),
+            ),
+        )
+        .outerjoin(
+            Release.__table__,
+            and_(releases.tenant_id == deployments.tenant_id, releases.id == deployments.release_id),
+        )
     )
     return (
         select(
             devices.status,
             devices.tokens_valid_after,
             devices.last_seen_at,
-            links.deployment_id,
+            deployments.id,
             links.state,
             deployments.release_id,
             releases.row_version,
         )
-        .select_from(
-            Device.__table__.outerjoin(
-                live,
-                and_(
-                    links.tenant_id == devices.tenant_id,
-                    links.device_id == devices.id,
-                    links.state.not_in([literal_column(f"'{state}'") for state in sorted(_TERMINAL)]),
-                ),
-            )
-        )
+        .select_from(joined)
         .where(devices.tenant_id == bindparam("tenant_id"), devices.id == bindparam("device_id"))
-        .order_by(deployments.priority.desc(), deployments.created_at.desc(), deployments.id.desc())
+        .order_by(
+            deployments.id.is_(None),
+            deployments.priority.desc(),
+            deployments.created_at.desc(),
+            deployments.id.desc(),
+        )
         .limit(1)
     )
 

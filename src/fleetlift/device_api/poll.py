@@ -205,6 +205,13 @@ class ReleaseCache:
                 self._entries.popitem(last=False)
 
 
+class _MustWrite:
+    """A poll that must write (pending becomes notified): not done on the event loop."""
+
+
+_MUST_WRITE = _MustWrite()
+
+
 class DevicePoller:
     """Answers device polls; one per application (``app.state.device_poller``)."""
 
@@ -216,8 +223,14 @@ class DevicePoller:
         notifier: PollNotifier,
         seen_resolution: timedelta = SEEN_RESOLUTION,
         recheck_seconds: float = RECHECK_SECONDS,
+        inline_reads: bool = False,
     ) -> None:
         self.sessions = sessions
+        # On an embedded SQLite database a poll that only reads (nearly all of them) costs less
+        # than handing it to a worker thread, and a WAL reader never waits for a lock: it runs on
+        # the event loop. A poll that must write, and every poll on a network database, goes to
+        # the thread pool.
+        self.inline_reads = inline_reads
         self.tokens = tokens
         self.notifier = notifier
         self.seen = SeenRecorder(seen_resolution)
@@ -238,14 +251,29 @@ class DevicePoller:
         deadline = time.monotonic() + wait
         while True:
             generation = self.notifier.generation(claims.tenant_id)
-            found = await anyio.to_thread.run_sync(self.check, claims, if_none_match)
+            found = await self._check(claims, if_none_match)
             remaining = deadline - time.monotonic()
             if found is not None or remaining <= 0:
                 return found
             await self.notifier.wait(claims.tenant_id, generation, min(remaining, self.recheck_seconds))
 
+    async def _check(self, claims: DeviceClaims, if_none_match: str | None) -> PollAnswer | None:
+        if self.inline_reads:
+            found = self._poll(claims, if_none_match, may_write=False)
+            if not isinstance(found, _MustWrite):
+                return found
+        return await anyio.to_thread.run_sync(self.check, claims, if_none_match)
+
     def check(self, claims: DeviceClaims, if_none_match: str | None) -> PollAnswer | None:
         """One poll: admission, the deployment, its ETag, and recording that the device was told."""
+        found = self._poll(claims, if_none_match, may_write=True)
+        assert not isinstance(found, _MustWrite)
+        return found
+
+    def _poll(
+        self, claims: DeviceClaims, if_none_match: str | None, *, may_write: bool
+    ) -> PollAnswer | _MustWrite | None:
+        """``check``; with ``may_write`` false, a poll that has to write stops before it does."""
         now = utcnow()
         with self.sessions() as session:
             row = deployments.poll_row(
@@ -258,16 +286,20 @@ class DevicePoller:
             )
             if refusal is not None or row is None:
                 raise Unauthenticated(refusal or "the device is no longer admitted")
-            stale = seen_is_stale(row.last_seen_at, now, self.seen.resolution)
-            if stale and self.seen.note(claims.tenant_id, claims.device_id, now) >= SEEN_MAX_BATCH:
-                self._write_seen(session)
-            if row.deployment_id is None or row.state is None or row.release_id is None:
+            if (
+                row.deployment_id is None
+                or row.state is None
+                or row.release_id is None
+                or row.release_row_version is None
+            ):
+                self._seen(session, claims, row.last_seen_at, now, may_write=may_write)
                 session.commit()
                 return None
-            assert row.release_row_version is not None  # joined with the release
             state = DeviceUpdateState(row.state)
             outcome = transition(state, DeviceUpdateState.NOTIFIED)
             if outcome.changed:  # telling the device is recorded: pending becomes notified, once
+                if not may_write:
+                    return _MUST_WRITE
                 deployments.advance_device_state(
                     session,
                     tenant_id=claims.tenant_id,
@@ -277,12 +309,29 @@ class DevicePoller:
                     new=outcome.state,
                     now=now,
                 )
+            self._seen(session, claims, row.last_seen_at, now, may_write=may_write)
             etag = poll_etag(row.deployment_id, row.release_id, row.release_row_version)
             release = None
             if not etag_matches(if_none_match, etag):
                 release = self._release(session, claims.tenant_id, row.release_id, row.release_row_version)
             session.commit()
         return PollAnswer(row.deployment_id, outcome.state.value, etag, release)
+
+    def _seen(
+        self,
+        session: Session,
+        claims: DeviceClaims,
+        last_seen_at: datetime | None,
+        now: datetime,
+        *,
+        may_write: bool,
+    ) -> None:
+        """Note the device as seen when its stored time is stale; a full batch is written at once
+        (by a poll that may write; otherwise by the next flush)."""
+        if not seen_is_stale(last_seen_at, now, self.seen.resolution):
+            return
+        if self.seen.note(claims.tenant_id, claims.device_id, now) >= SEEN_MAX_BATCH and may_write:
+            self._write_seen(session)
 
     def _release(self, session: Session, tenant_id: str, release_id: str, row_version: int) -> ReleaseView:
         key = (tenant_id, release_id, row_version)

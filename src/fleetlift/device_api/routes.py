@@ -219,10 +219,7 @@ class StatusReport(StrictModel):
     detail: str | None = Field(default=None, max_length=2000)
 
 
-def _instructions(
-    request: Request, tenant_id: str, found: PollAnswer, release: ReleaseView
-) -> UpdateInstructions:
-    state = request.app.state
+def _instructions(state: Any, tenant_id: str, found: PollAnswer, release: ReleaseView) -> UpdateInstructions:
     expires = int(time.time()) + state.settings.download_link_ttl_seconds
     files = []
     containers = []
@@ -277,14 +274,20 @@ async def next_update(
     if_none_match: Annotated[str | None, Header(alias="If-None-Match", max_length=200)] = None,
 ) -> Response:
     state = request.app.state
-    interval = {"X-Fleetlift-Poll-Interval": str(state.settings.device_poll_interval_seconds)}
     found = await state.device_poller.next_update(device, wait=wait, if_none_match=if_none_match)
+    return poll_response(state, device.tenant_id, found)
+
+
+def poll_response(state: Any, tenant_id: str, found: PollAnswer | None) -> Response:
+    """The answer to a poll: 204, 304 (the device's If-None-Match named it) or the instructions.
+    Shared by the route and the fast path (``fastpath.PollFastPath``)."""
+    interval = {"X-Fleetlift-Poll-Interval": str(state.settings.device_poll_interval_seconds)}
     if found is None:
         return Response(status_code=204, headers=interval)
     headers = {**interval, "ETag": found.etag}
-    if found.release is None:  # the device's If-None-Match named this answer
+    if found.release is None:
         return Response(status_code=304, headers=headers)
-    body = _instructions(request, device.tenant_id, found, found.release).model_dump_json()
+    body = _instructions(state, tenant_id, found, found.release).model_dump_json()
     return Response(body, media_type="application/json", headers=headers)
 
 
