@@ -48,7 +48,6 @@ class FleetContext:
     """What every device of one run shares."""
 
     settings: SimSettings
-    protocol: DeviceProtocol
     stats: FleetStats
     rng: random.Random
 
@@ -84,6 +83,7 @@ class VirtualDevice:
         "fleet",
         "identity",
         "offer",
+        "protocol",
         "reported_inventory",
         "server_poll_interval",
         "state",
@@ -92,9 +92,10 @@ class VirtualDevice:
         "token_valid_until",
     )
 
-    def __init__(self, identity: SimIdentity, fleet: FleetContext) -> None:
+    def __init__(self, identity: SimIdentity, fleet: FleetContext, protocol: DeviceProtocol) -> None:
         self.identity = identity
         self.fleet = fleet
+        self.protocol = protocol
         self.state = DeviceState.STARTING
         fleet.stats.move(None, self.state)
         self.auth_request: tuple[bytes, str] | None = None  # signed on first use, then reused
@@ -185,7 +186,7 @@ class VirtualDevice:
                 )
             body, signature = self.auth_request
             try:
-                answer = await self.fleet.protocol.authenticate(body, signature)
+                answer = await self.protocol.authenticate(body, signature)
             except ServerUnavailable as problem:
                 if self.token is not None and time.monotonic() < self.token_valid_until:
                     self.token_renew_at = time.monotonic() + 30.0  # the old token still works
@@ -228,7 +229,7 @@ class VirtualDevice:
     # -- polling -----------------------------------------------------------------------------
 
     async def _poll(self, token: str) -> dict[str, Any] | None:
-        answer = await self.fleet.protocol.next_deployment(token, self.etag)
+        answer = await self.protocol.next_deployment(token, self.etag)
         suggested = answer.headers.get("X-Fleetlift-Poll-Interval")
         if suggested is not None:
             with contextlib.suppress(ValueError):
@@ -332,7 +333,7 @@ class VirtualDevice:
     ) -> None:
         if not logged:
             log.add(status if detail is None else f"{status}: {detail}")
-        protocol = self.fleet.protocol
+        protocol = self.protocol
 
         async def send(token: str) -> httpx.Response:
             return await protocol.report_status(token, deployment_id, status, detail)
@@ -346,7 +347,7 @@ class VirtualDevice:
         """Upload the log that explains a failure or rollback, then report it: whoever sees the
         outcome can already read why."""
         log.add(f"{status}: {reason}")
-        protocol = self.fleet.protocol
+        protocol = self.protocol
         text = log.text()
 
         async def upload(token: str) -> httpx.Response:
@@ -367,7 +368,7 @@ class VirtualDevice:
         while True:
             headers = {"Range": f"bytes={received}-"} if received else {}
             try:
-                async with self.fleet.protocol.stream(str(file["url"]), headers=headers) as answer:
+                async with self.protocol.stream(str(file["url"]), headers=headers) as answer:
                     if answer.status_code == 200 and received:
                         log.add(f"{filename}: the server ignored Range, starting over")
                         digest, received = hashlib.sha256(), 0
@@ -392,7 +393,7 @@ class VirtualDevice:
 
     async def _send_inventory(self, token: str) -> httpx.Response:
         settings = self.fleet.settings
-        return await self.fleet.protocol.report_inventory(
+        return await self.protocol.report_inventory(
             token,
             {
                 "agent_version": "sim",
@@ -406,7 +407,7 @@ class VirtualDevice:
 
     async def _send_notification(self, token: str) -> httpx.Response:
         level, message = self.fleet.rng.choices(NOTIFICATIONS, weights=NOTIFICATION_WEIGHTS)[0]
-        return await self.fleet.protocol.notify(token, level, message)
+        return await self.protocol.notify(token, level, message)
 
 
 def _admission(answer: httpx.Response) -> str | None:

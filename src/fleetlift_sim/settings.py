@@ -26,7 +26,7 @@ class SimSettings:
     failure_rate: float = 0.0
     rollback_rate: float = 0.0
     notify_rate: float = 0.0
-    connections: int = 100
+    connections: int = 10
     request_timeout_seconds: float = 30.0
     max_backoff_seconds: float = 60.0
     duration_seconds: float | None = None  # None: until interrupted
