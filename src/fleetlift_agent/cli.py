@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -123,6 +124,42 @@ def _script_installer(args: argparse.Namespace) -> Installer:
     return ScriptInstaller(ScriptConfig(work_dir=args.data_dir / "scripts"))
 
 
+def _ab_installer(args: argparse.Namespace) -> Installer:
+    """A/B slots: simulated with files (each start of the agent plays a power-on of the
+    bootloader), or driven by the commands of a real bootloader from a JSON file."""
+    from fleetlift_agent.installers.ab_slot import (
+        ABSlotConfig,
+        ABSlotInstaller,
+        BootCommands,
+        Bootloader,
+        CommandBootloader,
+        SimulatedBootloader,
+        slot_files,
+    )
+
+    data_dir: Path = args.data_dir
+    bootloader: Bootloader
+    if args.bootloader == "command":
+        if args.bootloader_commands is None:
+            raise SystemExit("--bootloader command needs --bootloader-commands FILE")
+        document = json.loads(args.bootloader_commands.read_text())
+        slots = {name: Path(path) for name, path in document.pop("slots").items()}
+        bootloader = CommandBootloader(BootCommands(**document), slots)
+    else:
+        slots = slot_files(args.slots_dir or data_dir / "slots")
+        simulated = SimulatedBootloader(data_dir / "boot-selector.json", boot_limit=args.boot_limit)
+        log.info("simulated bootloader booted slot %s", simulated.boot())
+        bootloader = simulated
+    return ABSlotInstaller(
+        ABSlotConfig(
+            slots=slots,
+            state_dir=data_dir / "ab-slot",
+            bootloader=bootloader,
+            health_command=shlex.split(args.ab_health_command) if args.ab_health_command else None,
+        )
+    )
+
+
 def build(args: argparse.Namespace) -> tuple[Runner, Controller | None]:
     data_dir: Path = args.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +181,7 @@ def build(args: argparse.Namespace) -> tuple[Runner, Controller | None]:
         "container": LazyContainerInstaller(lambda: _container_installer(args)),
         "package": LazyPackageInstaller(lambda: _package_installer(args)),
         "script": LazyScriptInstaller(lambda: _script_installer(args)),
+        "ab-slot": _ab_installer(args),
     }
     from fleetlift_agent.installers.script import Hooks
 

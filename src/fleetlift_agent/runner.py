@@ -127,6 +127,14 @@ class Runner:
             self.flush_outbox()
             self.maybe_send_inventory()
             answer = self.client.poll(self._etag, wait=self.settings.long_poll)
+            log.debug(
+                "poll: %s",
+                "unchanged"
+                if answer.unchanged
+                else "nothing"
+                if answer.instructions is None
+                else "an update",
+            )
             self._failures = 0
             self._remember_interval(answer)
             if answer.instructions is not None:
@@ -164,6 +172,11 @@ class Runner:
         if answer.poll_interval:
             self._server_interval = answer.poll_interval
 
+    def _note(self, line: str) -> None:
+        """A line for the update's log (uploaded when it fails) and the agent's own log."""
+        log.info("%s", line)
+        self.journal.log(line)
+
     # --- reports and inventory ------------------------------------------------------------
 
     def flush_outbox(self) -> None:
@@ -176,7 +189,7 @@ class Runner:
 
     def progress(self, deployment_id: str, status: str, detail: str | None = None) -> None:
         """A progress report: useful, not essential, so an unreachable server does not stop the work."""
-        self.journal.log(f"{status}{': ' + detail if detail else ''}")
+        self._note(f"{status}{': ' + detail if detail else ''}")
         try:
             self.client.report(deployment_id, status, detail)
         except (ServerUnavailable, ProtocolError, NotAdmitted) as error:
@@ -237,7 +250,7 @@ class Runner:
                 self.flush_outbox()
                 return
             self.journal.begin(instructions)
-            self.journal.log(f"offered {_describe(instructions)}")
+            self._note(f"offered {_describe(instructions)}")
         else:
             self.journal.refresh_instructions(instructions)  # fresh links for a resumed download
         self.work_on_current()
@@ -258,14 +271,14 @@ class Runner:
             return
         phase = current["phase"]
         log.warning("resuming deployment %s, interrupted while %s", current["deployment_id"], phase)
-        self.journal.log(f"agent restarted while {phase}")
+        self._note(f"agent restarted while {phase}")
         if phase == "installing" and current["switched"]:
             # Killed between switch and check: the new version was never proven healthy.
             self.journal.set_phase("rolling_back")
-            self.journal.log("the install was interrupted after the switch; rolling back")
+            self._note("the install was interrupted after the switch; rolling back")
         elif phase == "verifying" and not self._needs_reboot(current):
             self.journal.set_phase("rolling_back")
-            self.journal.log("the health check was interrupted; rolling back")
+            self._note("the health check was interrupted; rolling back")
         try:
             self.work_on_current()
         except (ServerUnavailable, TryAgainLater) as error:
@@ -361,7 +374,7 @@ class Runner:
                 raise UpdateFailed(
                     "failed", f"{entry['filename']} failed TUF verification: {error}"
                 ) from None
-            self.journal.log(f"downloaded and verified {entry['filename']} ({entry['size']} bytes)")
+            self._note(f"downloaded and verified {entry['filename']} ({entry['size']} bytes)")
             paths.append(path)
             done_before += int(entry["size"])
         return paths
@@ -405,7 +418,7 @@ class Runner:
             if phase in (Phase.READY_WITHPATCH, Phase.READY_WITHBASE):
                 self._app(Event.ANNOUNCE)
                 if not announced:
-                    self.journal.log("waiting for the application to confirm")
+                    self._note("waiting for the application to confirm")
                     announced = True
                 continue
             self._state_changed.wait(1.0)
@@ -451,7 +464,7 @@ class Runner:
             try:
                 self._installer(payload).prepare(update, payload)
             except InstallError as error:
-                self.journal.log(f"prepare of {payload.name} failed: {error}")
+                self._note(f"prepare of {payload.name} failed: {error}")
                 self._clean_prepared(update, payloads[: index + 1])
                 raise UpdateFailed("failed", f"{payload.name}: {error}") from None
         for index, payload in enumerate(payloads):
@@ -488,7 +501,7 @@ class Runner:
                 self._installer(payload).commit(update, payload)
             except InstallError as error:
                 # The new version runs and is healthy; a failed clean-up does not undo it.
-                self.journal.log(f"commit of {payload.name} incomplete: {error}")
+                self._note(f"commit of {payload.name} incomplete: {error}")
             self.journal.set_step(str(index), "done")
         current = self.journal.current
         assert current is not None
@@ -514,11 +527,11 @@ class Runner:
             if index in switched and getattr(installer, "rollback_needs_reboot", lambda: False)():
                 needs_reboot = True
         if needs_reboot and not current.get("rollback_rebooted"):
-            self.journal.log("rolling back needs a reboot into the previous slot")
+            self._note("rolling back needs a reboot into the previous slot")
             self._mark_rollback_reboot()
             self._reboot(payloads)
         detail = reason + (f"; rollback problems: {'; '.join(problems)}" if problems else "")
-        self.journal.log(f"rolled back: {detail}")
+        self._note(f"rolled back: {detail}")
         self._finish_failed(update, "rolled_back" if switched else "failed", detail)
 
     def _mark_rollback_reboot(self) -> None:
@@ -532,11 +545,11 @@ class Runner:
                 try:
                     installer.rollback(update, payload)
                 except InstallError as error:
-                    self.journal.log(f"cleaning up {payload.name}: {error}")
+                    self._note(f"cleaning up {payload.name}: {error}")
 
     def _finish_failed(self, update: Update, status: str, detail: str) -> None:
         log.error("deployment %s %s: %s", update.deployment_id, status, detail)
-        self.journal.log(f"{status}: {detail}")
+        self._note(f"{status}: {detail}")
         if self.journal.current is not None:
             self.journal.finish(status, detail)
         if update.release_kind == "base":

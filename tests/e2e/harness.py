@@ -71,6 +71,21 @@ class ServerProcess:
         assert response.status_code == 201, response.text
         return str(response.json()["token"])
 
+    def wait_for_device(
+        self, device_id: str, status: str = "accepted", timeout: float = 30
+    ) -> dict[str, Any]:
+        """Deployments target the devices known when they are created: wait for the device first."""
+        deadline = time.monotonic() + timeout
+        found: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            response = self.api.get(f"/devices/{device_id}")
+            if response.status_code == 200:
+                found = dict(response.json())
+                if found["status"] == status:
+                    return found
+            time.sleep(0.1)
+        raise AssertionError(f"device {device_id} never became {status}; last: {found}")
+
     def device_state(self, deployment_id: str, device_id: str) -> dict[str, Any] | None:
         listing = self.api.get(f"/deployments/{deployment_id}/devices", params={"limit": 500})
         assert listing.status_code == 200, listing.text
