@@ -240,6 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     notifier = PollNotifier()
     install_session_hooks(sessions, notifier)
     app.state.device_poller = DevicePoller(
+        engine=engine,
         sessions=sessions,
         tokens=app.state.device_tokens,
         notifier=notifier,

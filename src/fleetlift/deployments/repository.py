@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -11,6 +11,7 @@ from typing import Any, cast
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
+    Engine,
     Select,
     and_,
     bindparam,
@@ -375,6 +376,58 @@ def poll_row(session: Session, *, tenant_id: str, device_id: str, now: datetime)
     """One indexed query for a device poll; ``None`` when the device does not exist."""
     row = session.execute(_POLL, {"tenant_id": tenant_id, "device_id": device_id, "now": now}).first()
     return None if row is None else PollRow(*row)
+
+
+class PollQuery:
+    """``poll_row`` for the hot path: the same statement, compiled once for an engine's dialect and
+    run on the driver's own cursor.
+
+    A poll is the request devices send most, and SQLAlchemy's work around each execution (cache
+    key, session and transaction bookkeeping, parameter and row processing) cost several times
+    the indexed query itself (docs/benchmarks.md). The SQL is still generated from the models;
+    parameters and results still go through the column types' own processors, so values are
+    exactly what ``poll_row`` returns (a test compares both)."""
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        compiled = _POLL.compile(dialect=dialect)
+        self._engine = engine
+        self._sql = compiled.string
+        self._params = compiled.construct_params({"tenant_id": "", "device_id": "", "now": None})
+        self._order = list(compiled.positiontup or ()) if compiled.positional else None
+        self._bind: list[tuple[str, Callable[[Any], Any]]] = []
+        for name in self._params:
+            process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                self._bind.append((name, process))
+        self._result = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in _POLL.selected_columns
+        ]
+
+    def run(self, *, tenant_id: str, device_id: str, now: datetime) -> PollRow | None:
+        """``poll_row`` outside any session, on a pooled connection of its own."""
+        params = {**self._params, "tenant_id": tenant_id, "device_id": device_id, "now": now}
+        for name, process in self._bind:
+            params[name] = process(params[name])
+        arguments: Any = params if self._order is None else [params[name] for name in self._order]
+        connection = self._engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(self._sql, arguments)
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+        finally:
+            connection.close()  # back to the pool, which ends the read transaction
+        if row is None:
+            return None
+        values: list[Any] = [
+            value if process is None or value is None else process(value)
+            for value, process in zip(row, self._result, strict=True)
+        ]
+        return PollRow(*values)
 
 
 def advance_device_state(

@@ -28,7 +28,7 @@ from itertools import chain
 from typing import Any
 
 import anyio
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetlift.db import utcnow
@@ -218,6 +218,7 @@ class DevicePoller:
     def __init__(
         self,
         *,
+        engine: Engine,
         sessions: sessionmaker[Session],
         tokens: DeviceTokens,
         notifier: PollNotifier,
@@ -226,6 +227,7 @@ class DevicePoller:
         inline_reads: bool = False,
     ) -> None:
         self.sessions = sessions
+        self.query = deployments.PollQuery(engine)
         # On an embedded SQLite database a poll that only reads (nearly all of them) costs less
         # than handing it to a worker thread, and a WAL reader never waits for a lock: it runs on
         # the event loop. A poll that must write, and every poll on a network database, goes to
@@ -275,31 +277,28 @@ class DevicePoller:
     ) -> PollAnswer | _MustWrite | None:
         """``check``; with ``may_write`` false, a poll that has to write stops before it does."""
         now = utcnow()
-        with self.sessions() as session:
-            row = deployments.poll_row(
-                session, tenant_id=claims.tenant_id, device_id=claims.device_id, now=now
-            )
-            refusal = token_refusal(
-                None if row is None else row.status,
-                None if row is None else row.tokens_valid_after,
-                claims.issued_at,
-            )
-            if refusal is not None or row is None:
-                raise Unauthenticated(refusal or "the device is no longer admitted")
-            if (
-                row.deployment_id is None
-                or row.state is None
-                or row.release_id is None
-                or row.release_row_version is None
-            ):
-                self._seen(session, claims, row.last_seen_at, now, may_write=may_write)
-                session.commit()
-                return None
-            state = DeviceUpdateState(row.state)
-            outcome = transition(state, DeviceUpdateState.NOTIFIED)
-            if outcome.changed:  # telling the device is recorded: pending becomes notified, once
-                if not may_write:
-                    return _MUST_WRITE
+        row = self.query.run(tenant_id=claims.tenant_id, device_id=claims.device_id, now=now)
+        refusal = token_refusal(
+            None if row is None else row.status,
+            None if row is None else row.tokens_valid_after,
+            claims.issued_at,
+        )
+        if refusal is not None or row is None:
+            raise Unauthenticated(refusal or "the device is no longer admitted")
+        if (
+            row.deployment_id is None
+            or row.state is None
+            or row.release_id is None
+            or row.release_row_version is None
+        ):
+            self._seen(claims, row.last_seen_at, now, may_write=may_write)
+            return None
+        state = DeviceUpdateState(row.state)
+        outcome = transition(state, DeviceUpdateState.NOTIFIED)
+        if outcome.changed:  # telling the device is recorded: pending becomes notified, once
+            if not may_write:
+                return _MUST_WRITE
+            with self.sessions() as session:
                 deployments.advance_device_state(
                     session,
                     tenant_id=claims.tenant_id,
@@ -309,45 +308,37 @@ class DevicePoller:
                     new=outcome.state,
                     now=now,
                 )
-            self._seen(session, claims, row.last_seen_at, now, may_write=may_write)
-            etag = poll_etag(row.deployment_id, row.release_id, row.release_row_version)
-            release = None
-            if not etag_matches(if_none_match, etag):
-                release = self._release(session, claims.tenant_id, row.release_id, row.release_row_version)
-            session.commit()
+                session.commit()
+        self._seen(claims, row.last_seen_at, now, may_write=may_write)
+        etag = poll_etag(row.deployment_id, row.release_id, row.release_row_version)
+        release = None
+        if not etag_matches(if_none_match, etag):
+            release = self._release(claims.tenant_id, row.release_id, row.release_row_version)
         return PollAnswer(row.deployment_id, outcome.state.value, etag, release)
 
     def _seen(
-        self,
-        session: Session,
-        claims: DeviceClaims,
-        last_seen_at: datetime | None,
-        now: datetime,
-        *,
-        may_write: bool,
+        self, claims: DeviceClaims, last_seen_at: datetime | None, now: datetime, *, may_write: bool
     ) -> None:
         """Note the device as seen when its stored time is stale; a full batch is written at once
         (by a poll that may write; otherwise by the next flush)."""
         if not seen_is_stale(last_seen_at, now, self.seen.resolution):
             return
         if self.seen.note(claims.tenant_id, claims.device_id, now) >= SEEN_MAX_BATCH and may_write:
-            self._write_seen(session)
+            self.flush_seen()
 
-    def _release(self, session: Session, tenant_id: str, release_id: str, row_version: int) -> ReleaseView:
+    def _release(self, tenant_id: str, release_id: str, row_version: int) -> ReleaseView:
         key = (tenant_id, release_id, row_version)
         cached = self.releases.get(key)
         if cached is not None:
             return cached
-        found = releases.get(session, tenant_id=tenant_id, release_id=release_id)
+        with self.sessions() as session:
+            found = releases.get(session, tenant_id=tenant_id, release_id=release_id)
         if found is None:  # a deployment always names an existing release (foreign key)
             raise LookupError(release_id)
         view = ReleaseView(found.id, found.name, found.version, found.kind, tuple(found.payloads))
         if found.row_version == row_version:
             self.releases.put(key, view)
         return view
-
-    def _write_seen(self, session: Session) -> None:
-        repository.record_seen(session, seen=self.seen.take())
 
     def flush_seen(self) -> int:
         """Write the devices seen since the last flush; how many."""
