@@ -28,12 +28,50 @@ def server_env(data_dir: Path, **settings: str) -> dict[str, str]:
     return env
 
 
+def _spawn(data_dir: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    with (data_dir / "server.log").open("a") as log:
+        process = subprocess.Popen(
+            [str(BIN / "fleetlift"), "serve", "--host", "127.0.0.1", "--port", str(port), "--no-migrate"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError("server did not start: " + (data_dir / "server.log").read_text())
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 @dataclass
 class ServerProcess:
     base: str
     data_dir: Path
     process: subprocess.Popen[bytes]
     api: httpx.Client  # the management API as an admin
+    env: dict[str, str]
+    port: int
+
+    def stop(self) -> None:
+        """The server goes away (devices see connection refused)."""
+        _stop(self.process)
+
+    def start(self) -> None:
+        """Back on the same port and data."""
+        self.process = _spawn(self.data_dir, self.env, self.port)
 
     def upload(self, content: bytes, name: str, version: str = "1") -> dict[str, Any]:
         response = self.api.post(
@@ -119,41 +157,29 @@ def start_server(data_dir: Path, **settings: str) -> Iterator[ServerProcess]:
     )
     assert migrated.returncode == 0, migrated.stderr
     port = free_port()
-    with (data_dir / "server.log").open("w") as log:
-        process = subprocess.Popen(
-            [str(BIN / "fleetlift"), "serve", "--host", "127.0.0.1", "--port", str(port), "--no-migrate"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
+    (data_dir / "server.log").write_text("")
+    server: ServerProcess | None = None
+    process = _spawn(data_dir, env, port)
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            raise AssertionError("server did not start: " + (data_dir / "server.log").read_text())
-        token = subprocess.run(
+        created = subprocess.run(
             [str(BIN / "fleetlift"), "token", "create", "--role", "admin", "--subject", "e2e"],
             env=env,
             capture_output=True,
             text=True,
             timeout=60,
-            check=True,
-        ).stdout.strip()
+            check=False,
+        )
+        assert created.returncode == 0, f"token create failed: {created.stderr}"
+        token = created.stdout.strip()
         with httpx.Client(
-            base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30
+            base_url=f"http://127.0.0.1:{port}/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
         ) as api:
-            yield ServerProcess(base, data_dir, process, api)
+            server = ServerProcess(f"http://127.0.0.1:{port}", data_dir, process, api, env, port)
+            yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop(server.process if server is not None else process)
 
 
 @pytest.fixture

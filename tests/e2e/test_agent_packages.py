@@ -211,3 +211,27 @@ def test_the_hosting_application_decides_when_a_patch_is_applied(
     row = server.wait_for_state(deployment, "gw-app-1", {"succeeded", "failed", "rolled_back"})
     assert row["state"] == "succeeded", agent.log()[-3000:]
     assert application.state().state == "READY"
+
+
+def test_offline_the_agent_finishes_and_reports_when_the_server_is_back(
+    server_process: ServerProcess, tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    server = server_process
+    agent = _admitted_agent(server, tmp_path, agents, "gw-pkg-6")
+    release_id = _package_release(server, "1.0.0", code_package("1.0.0", check="sleep 3"))
+    deployment = server.deploy(release_id, "deviceId = 'gw-pkg-6'")
+    server.wait_for_state(deployment, "gw-pkg-6", {"verifying"})
+    server.stop()  # the uplink goes down while the device checks the new version
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        journal = json.loads((agent.data_dir / "journal.json").read_text())
+        if journal["current"] is None:
+            break
+        time.sleep(0.2)
+    assert journal["outbox"] and journal["outbox"][0]["status"] == "succeeded"  # decided, not yet told
+    time.sleep(3)  # a few polls fail: the agent backs off, with jitter
+    server.start()
+    row = server.wait_for_state(deployment, "gw-pkg-6", {"succeeded", "failed", "rolled_back"}, timeout=90)
+    assert row["state"] == "succeeded", agent.log()[-3000:]
+    assert "trying again in" in agent.log()
+    assert json.loads((agent.data_dir / "journal.json").read_text())["outbox"] == []
