@@ -32,7 +32,12 @@ examples:
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows defaults, except the empty ones (None, False) that the help text already explains."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _rate(text: str) -> float:
@@ -61,10 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fleetlift-sim", description=DESCRIPTION, epilog=EPILOG, formatter_class=_HelpFormatter
     )
     fleet = parser.add_argument_group("the fleet")
-    fleet.add_argument("--server", default="http://127.0.0.1:8080", help="Base URL of the fleetlift server.")
-    fleet.add_argument("--devices", type=_positive_int, default=100, help="How many virtual devices to run.")
+    fleet.add_argument(
+        "--server", metavar="URL", default="http://127.0.0.1:8080", help="Base URL of the fleetlift server."
+    )
+    fleet.add_argument(
+        "--devices", metavar="N", type=_positive_int, default=100, help="How many virtual devices to run."
+    )
     fleet.add_argument(
         "--prefix",
+        metavar="PREFIX",
         help="Serials are sim-PREFIX-00001, sim-PREFIX-00002, ...; default: the state file's prefix, "
         "else a random one (the same serials with new keys would be refused by the server).",
     )
@@ -73,11 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--tenant", help="Tenant to authenticate into (default: the server's default tenant).")
     fleet.add_argument(
         "--enrollment-token",
+        metavar="TOKEN",
         help="Admit the devices at once with this enrollment token; without it they stay pending "
         "(and keep retrying with backoff) until an operator accepts them.",
     )
     fleet.add_argument(
         "--state-file",
+        metavar="PATH",
         type=Path,
         help="JSON file that keeps identities, private keys and installed releases across runs "
         "(created if missing, mode 0600).",
@@ -85,21 +97,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     timing = parser.add_argument_group("timing")
     timing.add_argument(
-        "--ramp", type=_seconds, default=0.0, help="Start the devices evenly spread over this many seconds."
+        "--ramp",
+        metavar="SECONDS",
+        type=_seconds,
+        default=0.0,
+        help="Start the devices evenly spread over this many seconds.",
     )
     timing.add_argument(
         "--poll-interval",
+        metavar="SECONDS",
         type=float,
         help="Poll every this many seconds instead of the server's X-Fleetlift-Poll-Interval.",
     )
     timing.add_argument(
-        "--poll-jitter", type=_rate, default=0.1, help="Vary each poll interval by up to this fraction."
+        "--poll-jitter",
+        metavar="FRACTION",
+        type=_rate,
+        default=0.1,
+        help="Vary each poll interval by up to this fraction.",
     )
     timing.add_argument(
-        "--duration", type=float, help="Stop after this many seconds (default: run until Ctrl-C)."
+        "--duration",
+        metavar="SECONDS",
+        type=float,
+        help="Stop after this many seconds (default: run until Ctrl-C or SIGTERM).",
     )
     timing.add_argument(
         "--max-backoff",
+        metavar="SECONDS",
         type=float,
         default=60.0,
         help="Longest wait between retries when the server is down or a device is pending.",
@@ -113,31 +138,43 @@ def build_parser() -> argparse.ArgumentParser:
         "not stored) instead of simulating the download time.",
     )
     updates.add_argument(
-        "--download-time", type=_seconds, default=5.0, help="Simulated download time, seconds (x0.5-1.5)."
+        "--download-time",
+        metavar="SECONDS",
+        type=_seconds,
+        default=5.0,
+        help="Simulated download time, seconds (x0.5-1.5).",
     )
     updates.add_argument(
-        "--install-time", type=_seconds, default=5.0, help="Simulated install time, seconds (x0.5-1.5)."
+        "--install-time",
+        metavar="SECONDS",
+        type=_seconds,
+        default=5.0,
+        help="Simulated install time, seconds (x0.5-1.5).",
     )
     updates.add_argument(
         "--reboot-time",
+        metavar="SECONDS",
         type=_seconds,
         default=10.0,
         help="Simulated reboot time for base releases, seconds (x0.5-1.5).",
     )
     updates.add_argument(
         "--failure-rate",
+        metavar="P",
         type=_rate,
         default=0.0,
         help="Probability an update fails (while downloading, installing or verifying); the log is uploaded.",
     )
     updates.add_argument(
         "--rollback-rate",
+        metavar="P",
         type=_rate,
         default=0.0,
         help="Probability an update is rolled back after verifying fails; the log is uploaded.",
     )
     updates.add_argument(
         "--notify-rate",
+        metavar="P",
         type=_rate,
         default=0.0,
         help="Probability, per poll, that a device sends a notification (mostly info and warning).",
@@ -146,20 +183,24 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("load and output")
     run.add_argument(
         "--connections",
+        metavar="N",
         type=_positive_int,
         default=10,
         help="Most concurrent HTTP requests (the rest wait their turn here). One server process gains "
         "little from more; raise it for a scaled-out server.",
     )
-    run.add_argument("--request-timeout", type=float, default=30.0, help="Per-request timeout, seconds.")
+    run.add_argument(
+        "--request-timeout", metavar="SECONDS", type=float, default=30.0, help="Per-request timeout, seconds."
+    )
     run.add_argument(
         "--stats-interval",
+        metavar="SECONDS",
         type=_seconds,
         default=10.0,
         help="Print a progress line to stderr every this many seconds (0: only the final summary).",
     )
     run.add_argument("--json", action="store_true", help="Print the final summary as JSON.")
-    run.add_argument("--seed", type=int, help="Seed the random choices for a repeatable run.")
+    run.add_argument("--seed", metavar="N", type=int, help="Seed the random choices for a repeatable run.")
     return parser
 
 
