@@ -20,7 +20,7 @@ from fleetlift_agent import __version__
 from fleetlift_agent.client import AuthSettings, DeviceClient
 from fleetlift_agent.control import Controller
 from fleetlift_agent.download import Downloader
-from fleetlift_agent.fsutil import write_json_atomically
+from fleetlift_agent.fsutil import write_json_durably
 from fleetlift_agent.identity import DeviceKey, default_architecture, default_identity
 from fleetlift_agent.installers import Installer, Payload, Update
 from fleetlift_agent.journal import Journal
@@ -95,7 +95,7 @@ def _identity(data_dir: Path, given: dict[str, str]) -> dict[str, str]:
         if not given or given.items() <= stored.items():
             return stored
     identity = given or default_identity()
-    write_json_atomically(path, identity)
+    write_json_durably(path, identity)
     return identity
 
 

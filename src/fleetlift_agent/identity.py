@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 
-from fleetlift_agent.fsutil import write_atomically
+from fleetlift_agent.fsutil import write_durably
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -47,7 +47,7 @@ class DeviceKey:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        write_atomically(path, pem, mode=0o600)
+        write_durably(path, pem, mode=0o600)
         return cls(key)
 
     def public_pem(self) -> str:

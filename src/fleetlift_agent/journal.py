@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fleetlift_agent.fsutil import write_json_atomically
+from fleetlift_agent.fsutil import write_json_durably
 
 FINISHED_KEPT = 100
 LOG_LINES_KEPT = 2000
@@ -43,7 +43,7 @@ class Journal:
         return dict(document)
 
     def _save(self) -> None:
-        write_json_atomically(self.path, self._document)
+        write_json_durably(self.path, self._document)
 
     @contextmanager
     def _changing(self) -> Iterator[dict[str, Any]]:

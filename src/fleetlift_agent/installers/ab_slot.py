@@ -25,18 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from fleetlift_agent.fsutil import read_json, remove_durably, write_durably, write_json_durably
 from fleetlift_agent.installers import InstallError, Payload, Update
-from fleetlift_agent.installers.script import (
+from fleetlift_agent.installers.support import (
     describe_failure,
     payload_target,
     program_environment,
-    read_json,
-    remove_durably,
     run_program,
     safe_name,
     update_environment,
-    write_durably,
-    write_json_durably,
 )
 
 CHUNK = 1 << 20

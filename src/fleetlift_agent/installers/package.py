@@ -20,19 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, ClassVar
 
-from fleetlift_agent.installers import InstallError, Payload, Update
-from fleetlift_agent.installers.script import (
-    describe_failure,
+from fleetlift_agent.fsutil import (
     fsync_directory,
-    payload_target,
-    program_environment,
     read_json,
     remove_durably,
+    write_durably,
+    write_json_durably,
+)
+from fleetlift_agent.installers import InstallError, Payload, Update
+from fleetlift_agent.installers.support import (
+    describe_failure,
+    payload_target,
+    program_environment,
     run_program,
     safe_name,
     update_environment,
-    write_durably,
-    write_json_durably,
 )
 
 CHECK_PROGRAM = "fleetlift-check"
