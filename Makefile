@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint openapi bench-targeting bench-download clean
+.PHONY: run test lint openapi bench-targeting bench-download bench-device-poll clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ bench-targeting: $(VENV)/.installed-test
 
 bench-download: $(VENV)/.installed-test
 	$(BIN)/python bench/download.py
+
+bench-device-poll: $(VENV)/.installed-test
+	$(BIN)/python bench/device_poll.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
