@@ -102,10 +102,12 @@ def _identity(data_dir: Path, given: dict[str, str]) -> dict[str, str]:
 def _container_installer(args: argparse.Namespace) -> Installer:
     from fleetlift_agent.installers.container import ContainerInstaller
 
+    options: dict[str, Any] = {"base_url": args.docker_url} if args.docker_url else {}
     return ContainerInstaller(
-        base_url=args.docker_url,
+        **options,
         soak_seconds=args.soak,
         health_timeout=args.health_timeout,
+        http_probe=args.http_probe,
         network_mode=args.container_network,
     )
 
@@ -248,6 +250,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--package-root", type=Path, default=None, help="Where code packages are installed.")
     run.add_argument("--keep", type=int, default=2, help="Previous package versions kept for rollback.")
     run.add_argument("--docker-url", default=None, help="Docker Engine API, e.g. unix:///run/docker.sock")
+    run.add_argument(
+        "--http-probe", default=None, help="For images without HEALTHCHECK: a URL that must answer 2xx."
+    )
     run.add_argument("--container-network", default=None, help="Network mode of new containers.")
     run.add_argument("--soak", type=float, default=30.0, help="Seconds a new container must stay healthy.")
     run.add_argument("--health-timeout", type=float, default=120.0, help="Seconds to become healthy.")
