@@ -64,7 +64,7 @@ class Dockerd:
         return self.root / "dockerd.log"
 
     def api(self) -> Any:
-        """A low-level docker.APIClient talking to this daemon."""
+        """A low-level docker.APIClient talking to this daemon; the caller closes it."""
         import docker
 
         return docker.APIClient(base_url=self.base_url, version="auto", timeout=120)
@@ -119,9 +119,9 @@ def _unmount_under(root: Path) -> None:
 
 def _stop(daemon: Dockerd) -> None:
     try:
-        api = daemon.api()
-        for container in api.containers(all=True, quiet=True):
-            api.remove_container(container["Id"], force=True)
+        with contextlib.closing(daemon.api()) as api:
+            for container in api.containers(all=True, quiet=True):
+                api.remove_container(container["Id"], force=True)
     except Exception:  # the daemon may be gone already; the kills below still clean up
         pass
     with contextlib.suppress(ProcessLookupError):
@@ -250,17 +250,17 @@ class TestImages:
                 f"HEALTHCHECK --interval=1s --timeout=2s --retries={health_retries} "
                 f"CMD {_dockerfile_list(healthcheck)}"
             )
-        api = self.dockerd.api()
         name = f"{self.registry.host}/{repository}"
-        api.import_image(src=str(self.rootfs), repository=name, tag=tag, changes=changes)
-        digest = None
-        for event in api.push(name, tag=tag, stream=True, decode=True):
-            if event.get("error"):
-                raise RuntimeError(f"docker push {name}:{tag} failed: {event['error']}")
-            digest = (event.get("aux") or {}).get("Digest") or digest
-        if digest is None:
-            raise RuntimeError(f"docker push {name}:{tag} reported no digest")
-        api.remove_image(f"{name}:{tag}", force=True)
+        with contextlib.closing(self.dockerd.api()) as api:
+            api.import_image(src=str(self.rootfs), repository=name, tag=tag, changes=changes)
+            digest = None
+            for event in api.push(name, tag=tag, stream=True, decode=True):
+                if event.get("error"):
+                    raise RuntimeError(f"docker push {name}:{tag} failed: {event['error']}")
+                digest = (event.get("aux") or {}).get("Digest") or digest
+            if digest is None:
+                raise RuntimeError(f"docker push {name}:{tag} reported no digest")
+            api.remove_image(f"{name}:{tag}", force=True)
         reference = f"{name}@{digest}"
         self.built[f"{repository}:{tag}"] = reference
         return reference

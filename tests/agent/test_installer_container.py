@@ -5,20 +5,37 @@ loopback with the host network."""
 
 from __future__ import annotations
 
+import logging
+import re
+import subprocess
+import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fleetlift_agent.installers import InstallError, Payload, Update
-from fleetlift_agent.installers.container import ContainerInstaller
+from fleetlift_agent.installers.container import ContainerInstaller, RegistryCredentials
 
 from ..dockerd import Dockerd, TestImages, dockerd, image_registry, test_images  # noqa: F401
 from ..ports import free_port
+from ..registry import PASSWORD, USER, run_registry
 
 pytestmark = pytest.mark.docker
+
+
+_OPEN: list[ContainerInstaller] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_installers() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 
 def _installer(daemon: Dockerd, **options: Any) -> ContainerInstaller:
@@ -31,7 +48,9 @@ def _installer(daemon: Dockerd, **options: Any) -> ContainerInstaller:
         "poll_interval": 0.2,
         **options,
     }
-    return ContainerInstaller(**settings)
+    installer = ContainerInstaller(**settings)
+    _OPEN.append(installer)
+    return installer
 
 
 def _update(version: str) -> Update:
@@ -72,8 +91,10 @@ def _env(container: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.fixture
-def api(dockerd: Dockerd) -> Any:  # noqa: F811
-    return dockerd.api()
+def api(dockerd: Dockerd) -> Iterator[Any]:  # noqa: F811
+    client = dockerd.api()
+    yield client
+    client.close()
 
 
 @pytest.fixture
@@ -261,7 +282,7 @@ def test_rollback_from_a_fresh_installer_after_switch(
     crashed = _installer(dockerd)
     crashed.prepare(update, payload)
     crashed.switch(update, payload)
-    del crashed  # kill -9: nothing in memory survives
+    # kill -9 here: a new process carries on with a new installer, nothing in memory survives
 
     _installer(dockerd).rollback(update, payload)
     live = _inspect(api, name)
@@ -376,9 +397,17 @@ def test_host_port_held_by_the_old_container_stops_it_first(
         return _payload(name, test_images.httpd, env={"VERSION": version, "PORT": str(port)}, ports=ports)
 
     def served() -> str:
+        """The page on the port, waiting a little for a container that was just (re)started to listen."""
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(f"http://127.0.0.1:{port}/", timeout=3) as response:
-            return str(response.read().decode().strip())
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                with opener.open(f"http://127.0.0.1:{port}/", timeout=3) as response:
+                    return str(response.read().decode().strip())
+            except urllib.error.URLError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     _install(installer, _update("1.0"), payload("v1"))
     assert served() == "v1"
@@ -397,3 +426,50 @@ def test_host_port_held_by_the_old_container_stops_it_first(
     _install(installer, retry, payload("v2"))
     assert served() == "v2"
     assert installer.installed()[name] == "2.0"
+
+
+def test_pulls_from_a_registry_with_a_password_and_never_shows_it(
+    dockerd: Dockerd,  # noqa: F811
+    test_images: TestImages,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+) -> None:
+    with run_registry(tmp_path / "registry", "basic") as private:
+        source = test_images.healthy_v1
+        repository, digest = source.split("/", 1)[1].split("@")
+        copied = subprocess.run(
+            [
+                "skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+                "--dest-creds", f"{USER}:{PASSWORD}", "--preserve-digests",
+                f"docker://{source}", f"docker://{private.host}/{repository}:v1",
+            ],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert copied.returncode == 0, copied.stderr
+        image = f"{private.host}/{repository}@{digest}"
+        payload = _payload(name, image)
+        caplog.set_level(logging.DEBUG)
+
+        with pytest.raises(InstallError, match=rf"could not pull {re.escape(image)}: .*") as anonymous:
+            _installer(dockerd).prepare(_update("1.0"), payload)
+        wrong = {private.host: RegistryCredentials(USER, "not-" + PASSWORD)}
+        with pytest.raises(InstallError, match=rf"could not pull {re.escape(image)}: .*") as refused:
+            _installer(dockerd, registry_auth=wrong).prepare(_update("1.0"), payload)
+        right = {private.host: RegistryCredentials(USER, PASSWORD)}
+        installer = _installer(dockerd, registry_auth=right)
+        _install(installer, _update("1.0"), payload)
+
+    assert installer.installed()[name] == "1.0"
+    for text in (str(anonymous.value), str(refused.value), caplog.text, repr(installer.__dict__)):
+        assert PASSWORD not in text
+    assert "unauthorized" in str(anonymous.value).lower() or "auth" in str(anonymous.value).lower()
+
+
+def test_an_engine_that_cannot_be_reached_is_named(tmp_path: Path) -> None:
+    installer = ContainerInstaller(base_url=str(tmp_path / "missing.sock"))
+    _OPEN.append(installer)
+    with pytest.raises(
+        InstallError, match=rf"cannot reach the Docker engine at unix://{tmp_path}/missing.sock"
+    ):
+        installer.installed()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -450,19 +451,33 @@ class ContainerInstaller:
                 result[labels[LABEL_NAME]] = labels.get(LABEL_VERSION) or entry.get("Image", "")
         return result
 
+    def close(self) -> None:
+        """Close the connections to the engine (a later step opens them again)."""
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+
     # ---- Docker, through one narrow door -----------------------------------------------------
 
     def _client(self) -> Any:
         if self._api is None:
             import docker  # the agent without containers never imports it
+            import requests  # a dependency of docker
 
             self._errors = docker.errors
+            if self.base_url.startswith("unix://"):
+                _check_socket(self.base_url)
+            # The API version is negotiated here: version="auto" leaks a socket when the engine is down.
+            probe = docker.APIClient(base_url=self.base_url, version="1.24", timeout=self._api_timeout)
             try:
-                self._api = docker.APIClient(
-                    base_url=self.base_url, version="auto", timeout=self._api_timeout
-                )
-            except docker.errors.DockerException as error:
+                offered = str(probe.version(api_version=False)["ApiVersion"])
+            except (docker.errors.DockerException, requests.RequestException, OSError, KeyError) as error:
                 raise InstallError(f"cannot reach the Docker engine at {self.base_url}: {error}") from error
+            finally:
+                probe.close()
+            ours = docker.constants.DEFAULT_DOCKER_API_VERSION
+            version = offered if docker.utils.version_lt(offered, ours) else ours
+            self._api = docker.APIClient(base_url=self.base_url, version=version, timeout=self._api_timeout)
         return self._api
 
     @contextmanager
@@ -603,6 +618,19 @@ class ContainerInstaller:
             return f"(no log: {error})"
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         return text.strip() or "(the container wrote nothing)"
+
+
+def _check_socket(base_url: str) -> None:
+    """Connect to the engine's unix socket ourselves: the docker package leaks the socket when this fails."""
+    path = base_url.removeprefix("unix://")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(path)
+    except OSError as error:
+        raise InstallError(
+            f"cannot reach the Docker engine at {base_url}: {error.strerror or error} (is dockerd running?)"
+        ) from error
 
 
 def _http_probe(url: str) -> tuple[bool, str]:
