@@ -16,6 +16,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    create_engine,
     exists,
     func,
     insert,
@@ -391,6 +392,12 @@ class PollQuery:
     def __init__(self, engine: Engine) -> None:
         dialect = engine.dialect
         compiled = _POLL.compile(dialect=dialect)
+        self._own_engine = dialect.name != "sqlite"
+        if self._own_engine:
+            # A pool of its own without the ping before each checkout: that ping was a second
+            # round trip per poll. A connection that broke is invalidated and the poll fails
+            # once (the route then answers it, on a fresh connection).
+            engine = create_engine(engine.url, pool_size=10, max_overflow=10, pool_pre_ping=False)
         self._engine = engine
         self._sql = compiled.string
         self._params = compiled.construct_params({"tenant_id": "", "device_id": "", "now": None})
@@ -419,6 +426,9 @@ class PollQuery:
                 row = cursor.fetchone()
             finally:
                 cursor.close()
+        except self._engine.dialect.loaded_dbapi.Error:
+            connection.invalidate()
+            raise
         finally:
             connection.close()  # back to the pool, which ends the read transaction
         if row is None:
@@ -428,6 +438,11 @@ class PollQuery:
             for value, process in zip(row, self._result, strict=True)
         ]
         return PollRow(*values)
+
+    def close(self) -> None:
+        """Close the connections of its own pool, if it has one."""
+        if self._own_engine:
+            self._engine.dispose()
 
 
 def advance_device_state(
