@@ -86,10 +86,11 @@ def _reason(log: Path) -> str:
     """The line of dockerd's log that says why it stopped."""
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     for line in reversed(lines):
-        if "level=fatal" in line or "level=error" in line or "failed to start" in line or "root" in line:
+        if "level=fatal" in line or "level=error" in line:
             match = re.search(r'msg="((?:[^"\\]|\\.)*)"', line)
             return match.group(1) if match else line
-    return lines[-1] if lines else "dockerd wrote nothing to its log"
+    plain = [line for line in lines if "level=" not in line]  # what dockerd printed before logging started
+    return (plain or lines or ["dockerd wrote nothing to its log"])[-1]
 
 
 def _our_processes(root: Path) -> list[int]:

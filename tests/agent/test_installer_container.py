@@ -76,6 +76,16 @@ def _inspect(api: Any, name: str) -> dict[str, Any] | None:
     return found if found["Name"] == f"/{name}" else None
 
 
+def _exists(api: Any, container_id: str) -> bool:
+    import docker
+
+    try:
+        api.inspect_container(container_id)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
 def _image_present(api: Any, reference: str) -> bool:
     import docker
 
@@ -168,7 +178,7 @@ def test_upgrade_keeps_v1_running_until_v2_is_healthy_and_keeps_v1_image(
     assert _env(live)["VERSION"] == "v2"
     names = {entry["Names"][0] for entry in api.containers(all=True)}
     assert not {f"/{name}.next", f"/{name}.prev"} & names
-    assert _inspect(api, v1["Id"][:64]) is None
+    assert not _exists(api, v1["Id"])
     assert _image_present(api, v1["Image"])  # the previous image is the rollback
     assert installer.installed()[name] == "2.0"
 
@@ -208,6 +218,7 @@ def test_unhealthy_v3_is_rolled_back_and_v2_still_runs(
     update = _update("3.0")
     payload = _payload(name, test_images.unhealthy)
     installer.prepare(update, payload)
+    assert _image_present(api, test_images.unhealthy)
     installer.switch(update, payload)
     with pytest.raises(
         InstallError, match=r"is unhealthy; last health check said: config /etc/telemetry.yml"
@@ -266,6 +277,35 @@ def test_not_healthy_by_the_timeout_names_the_probe(
         installer.check(update, payload)
     installer.rollback(update, payload)
     assert name not in installer.installed()
+
+
+def test_a_container_started_by_hand_is_replaced_and_restored(
+    dockerd: Dockerd,  # noqa: F811
+    test_images: TestImages,  # noqa: F811
+    api: Any,
+    name: str,
+) -> None:
+    repository, digest = test_images.plain.split("@")
+    api.pull(repository, tag=digest)
+    by_hand = api.create_container(test_images.plain, name=name, host_config={"NetworkMode": "none"})
+    api.start(by_hand["Id"])  # no fleetlift labels at all: it predates the agent
+
+    installer = _installer(dockerd)
+    update = _update("1.0")
+    payload = _payload(name, test_images.healthy_v1)
+    installer.prepare(update, payload)
+    installer.switch(update, payload)
+    installer.rollback(update, payload)
+    live = _inspect(api, name)
+    assert live is not None and live["Id"] == by_hand["Id"] and live["State"]["Running"]
+    assert name not in installer.installed()  # not ours to report
+
+    _install(installer, update, payload)
+    live = _inspect(api, name)
+    assert live is not None and live["Id"] != by_hand["Id"] and _env(live)["VERSION"] == "v1"
+    assert not _exists(api, by_hand["Id"])
+    assert live["Config"]["Labels"]["io.fleetlift.replaces"] == by_hand["Id"]
+    assert installer.installed()[name] == "1.0"
 
 
 def test_rollback_from_a_fresh_installer_after_switch(

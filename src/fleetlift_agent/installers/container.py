@@ -213,6 +213,11 @@ def held_host_ports(container: Mapping[str, Any]) -> set[tuple[int, str]]:
     return held
 
 
+def _labels(container: Mapping[str, Any]) -> dict[str, str]:
+    """An inspected container's labels (Docker gives null for none)."""
+    return dict((container.get("Config") or {}).get("Labels") or {})
+
+
 def _split_ids(value: str | None) -> list[str]:
     return [item for item in (value or "").split(",") if item]
 
@@ -400,7 +405,7 @@ class ContainerInstaller:
             )
         if previous is not None:
             self._remove(previous, graceful=True)
-        for image_id in _split_ids(live["Config"]["Labels"].get(LABEL_DROP)):
+        for image_id in _split_ids(_labels(live).get(LABEL_DROP)):
             self._remove_image_if_unused(image_id, spec.name)
         log.info("container %s: committed %s", spec.name, update.release_version)
 
@@ -433,7 +438,7 @@ class ContainerInstaller:
             self._call(f"start the previous container {spec.name}", lambda api: api.start(live["Id"]))
             log.info("container %s: previous container started again", spec.name)
         if new_image is not None:
-            kept = set(_split_ids(live["Config"]["Labels"].get(LABEL_KEEP))) if live is not None else set()
+            kept = set(_split_ids(_labels(live).get(LABEL_KEEP))) if live is not None else set()
             if new_image not in kept:
                 self._remove_image_if_unused(new_image, spec.name)
         log.info("container %s: rolled back", spec.name)
@@ -572,8 +577,7 @@ class ContainerInstaller:
 
     @staticmethod
     def _ours(container: Mapping[str, Any], update: Update) -> bool:
-        labels = (container.get("Config") or {}).get("Labels") or {}
-        return bool(labels.get(LABEL_DEPLOYMENT) == update.deployment_id)
+        return _labels(container).get(LABEL_DEPLOYMENT) == update.deployment_id
 
     def _candidate(self, name: str, update: Update) -> dict[str, Any] | None:
         for container_name in (name + NEXT_SUFFIX, name):
@@ -586,7 +590,7 @@ class ContainerInstaller:
         """Labels for the new container: what it replaces, which images to keep and which to drop."""
         if old is None:
             return {LABEL_REPLACES: "", LABEL_KEEP: "", LABEL_DROP: ""}
-        history = [old["Image"], *_split_ids(old["Config"]["Labels"].get(LABEL_KEEP))]
+        history = [old["Image"], *_split_ids(_labels(old).get(LABEL_KEEP))]
         history = [image_id for image_id in dict.fromkeys(history) if image_id != image["Id"]]
         keep, drop = history[: self.keep_previous], history[self.keep_previous :]
         return {LABEL_REPLACES: old["Id"], LABEL_KEEP: ",".join(keep), LABEL_DROP: ",".join(drop)}
@@ -595,6 +599,11 @@ class ContainerInstaller:
         if self.http_probe is None:
             return None
         host_ports = [port.host_port for port in spec.ports if port.host_port is not None]
+        if "{host_port" in self.http_probe and not host_ports:
+            raise InstallError(
+                f"container {spec.name}: the HTTP probe {self.http_probe!r} needs a published host port "
+                "and the payload publishes none"
+            )
         networks = (container.get("NetworkSettings") or {}).get("Networks") or {}
         addresses = [network.get("IPAddress") for network in networks.values() if network.get("IPAddress")]
         try:
