@@ -357,12 +357,11 @@ def load(
 ) -> Figures:
     script = wrk_script(work, name, tokens, etag, path, by_path)
     cold = 0.0
-    if args.warmup:
-        print(
-            f"  {name}: warm-up {args.warmup} s (first polls: tokens verified, devices notified)", flush=True
-        )
+    warmup = args.warmup if name.startswith("fleetlift") else args.warmup_others
+    if warmup:
+        print(f"  {name}: warm-up {warmup} s (first polls: tokens checked, devices told)", flush=True)
         rate, p50, p99, errors = run_wrk(
-            url, script, connections=args.connections, threads=args.threads, duration=args.warmup
+            url, script, connections=args.connections, threads=args.threads, duration=warmup
         )
         print(f"    {rate:,.0f}/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms  errors {errors}", flush=True)
         cold = rate
