@@ -245,19 +245,20 @@ def test_container_that_exits_at_once_is_rolled_back(
     old = _inspect(api, name)
     assert old is not None
 
-    update = _update("2.0")
-    payload = _payload(name, test_images.exits, restart_policy="always")
-    installer.prepare(update, payload)
-    installer.switch(update, payload)
-    with pytest.raises(InstallError) as failure:
-        installer.check(update, payload)
-    assert "fatal: cannot open /dev/ttyUSB0" in str(failure.value)
-    assert "exited with code 3" in str(failure.value)
+    for policy, message in (("never", "exited with code 3"), ("always", "exited")):
+        update = _update("2.0")
+        payload = _payload(name, test_images.exits, restart_policy=policy)
+        installer.prepare(update, payload)
+        installer.switch(update, payload)
+        with pytest.raises(InstallError) as failure:
+            installer.check(update, payload)
+        assert "fatal: cannot open /dev/ttyUSB0" in str(failure.value)
+        assert message in str(failure.value)
 
-    installer.rollback(update, payload)
-    live = _inspect(api, name)
-    assert live is not None and live["Id"] == old["Id"] and live["State"]["Running"]
-    assert _inspect(api, f"{name}.next") is None
+        installer.rollback(update, payload)
+        live = _inspect(api, name)
+        assert live is not None and live["Id"] == old["Id"] and live["State"]["Running"]
+        assert _inspect(api, f"{name}.next") is None
 
 
 def test_not_healthy_by_the_timeout_names_the_probe(
@@ -414,13 +415,19 @@ def test_refuses_an_image_not_pinned_to_a_digest(
 def test_refuses_an_image_for_another_platform(
     dockerd: Dockerd,  # noqa: F811
     test_images: TestImages,  # noqa: F811
+    api: Any,
     name: str,
 ) -> None:
     foreign = test_images.build_foreign("fleetlift/arm-only", "1.0", "linux/arm64/v8")
+    installer = _installer(dockerd)
+    update, payload = _update("1.0"), _payload(name, foreign)
     with pytest.raises(
         InstallError, match=r"is built for linux/arm64 but this device's Docker engine runs linux/"
     ):
-        _installer(dockerd).prepare(_update("1.0"), _payload(name, foreign))
+        installer.prepare(update, payload)
+    assert _image_present(api, foreign)
+    installer.rollback(update, payload)
+    assert not _image_present(api, foreign)  # the pulled image is not left behind
 
 
 def test_host_port_held_by_the_old_container_stops_it_first(

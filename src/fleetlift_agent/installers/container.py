@@ -313,7 +313,8 @@ class ContainerInstaller:
                 lambda api: api.create_container_from_config(config, name=next_name),
             )
             candidate = self._inspect(created["Id"])
-            assert candidate is not None
+            if candidate is None:
+                raise InstallError(f"container {next_name} vanished right after it was created")
         if not candidate["State"].get("Running"):
             self._call(f"start container {next_name}", lambda api: api.start(candidate["Id"]))
         log.info("container %s: %s started beside the old container", spec.name, next_name)
@@ -338,14 +339,22 @@ class ContainerInstaller:
             if current is None:
                 raise InstallError(f"container {label} disappeared while it was being checked")
             state = current["State"]
-            if (
-                state.get("Status") in ("exited", "dead")
-                or state.get("Restarting")
-                or current.get("RestartCount")
-            ):
+            if state.get("Status") in ("exited", "dead"):
+                what = f"exited with code {state.get('ExitCode')} {state.get('Error') or ''}".strip()
+            elif state.get("Restarting"):
+                what = (
+                    f"exited with code {state.get('ExitCode')} and is being restarted by its restart policy"
+                )
+            elif current.get("RestartCount"):
+                what = f"exited and was restarted {current['RestartCount']} time(s) by its restart policy"
+            else:
+                what = ""
+            if what:
+                tail = self._log_tail(container["Id"])
+                raise InstallError(f"container {label} ({spec.image}) {what}; last log lines:\n{tail}")
+            if not state.get("Running"):
                 raise InstallError(
-                    f"container {label} ({spec.image}) exited with code {state.get('ExitCode')} "
-                    f"{state.get('Error') or ''}; last log lines:\n{self._log_tail(container['Id'])}"
+                    f"container {label} ({spec.image}) is not running (it is {state.get('Status')})"
                 )
             now = time.monotonic()
             if has_healthcheck:
@@ -437,10 +446,12 @@ class ContainerInstaller:
         if live is not None and not live["State"].get("Running"):
             self._call(f"start the previous container {spec.name}", lambda api: api.start(live["Id"]))
             log.info("container %s: previous container started again", spec.name)
-        if new_image is not None:
-            kept = set(_split_ids(_labels(live).get(LABEL_KEEP))) if live is not None else set()
-            if new_image not in kept:
-                self._remove_image_if_unused(new_image, spec.name)
+        if new_image is None:  # prepare may have pulled it without a container being made
+            pulled = self._inspect_image(spec.image)
+            new_image = pulled["Id"] if pulled is not None else None
+        kept = set(_split_ids(_labels(live).get(LABEL_KEEP))) if live is not None else set()
+        if new_image is not None and new_image not in kept:
+            self._remove_image_if_unused(new_image, spec.name)  # never one that a container uses
         log.info("container %s: rolled back", spec.name)
 
     def installed(self) -> dict[str, str]:
