@@ -156,7 +156,8 @@ def main() -> None:
         peak = rss_kib(agent.pid)[1]
         after = rss_kib(agent.pid)[0]
         print(
-            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}"
         )
         print(f"agent idle RSS:         median {sorted(idle_samples)[len(idle_samples) // 2] / 1024:.1f} MiB")
         print(
