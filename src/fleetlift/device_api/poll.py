@@ -43,7 +43,9 @@ from fleetlift.releases import repository as releases
 
 log = logging.getLogger(__name__)
 
-SEEN_RESOLUTION = timedelta(seconds=60)
+# Several times the default poll interval (60 s): a device polling on schedule is written once in
+# five polls, not on every one. Operators read "last seen" at minutes, not seconds.
+SEEN_RESOLUTION = timedelta(minutes=5)
 SEEN_FLUSH_SECONDS = 1.0
 SEEN_MAX_BATCH = 5_000
 RECHECK_SECONDS = 5.0
