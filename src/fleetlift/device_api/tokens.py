@@ -41,11 +41,13 @@ DEFAULT_CACHE_SIZE = 131_072
 class VerifiedTokens:
     """A bounded LRU of verified tokens and their claims, each valid until its token's expiry.
 
-    Thread-safe: the synchronous routes check tokens from the thread pool."""
+    Entries are tuples of strings, numbers and a datetime, which the garbage collector stops
+    tracking: a full collection does not walk a fleet's worth of cached tokens (it stalled the
+    event loop). Thread-safe: the synchronous routes check tokens from the thread pool."""
 
     def __init__(self, max_entries: int = DEFAULT_CACHE_SIZE) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[float, DeviceClaims]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, str, str, datetime]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, token: str, now: float) -> DeviceClaims | None:
@@ -58,13 +60,13 @@ class VerifiedTokens:
                 del self._entries[token]
                 return None
             self._entries.move_to_end(token)
-            return entry[1]
+        return DeviceClaims(entry[1], entry[2], entry[3])
 
     def put(self, token: str, expires: float, claims: DeviceClaims) -> None:
         if self.max_entries <= 0:
             return
         with self._lock:
-            self._entries[token] = (expires, claims)
+            self._entries[token] = (expires, claims.tenant_id, claims.device_id, claims.issued_at)
             self._entries.move_to_end(token)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
