@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -122,19 +124,24 @@ async def authenticate(
     signature: Annotated[str | None, Header(alias="X-Fleetlift-Signature", max_length=2048)] = None,
 ) -> DeviceTokenAnswer:
     body = await request.body()
-    admitted = service.authenticate(
-        session=session,
-        tokens=request.app.state.device_tokens,
-        request=service.AuthRequest(
-            identity=data.identity,
-            public_key=data.public_key,
-            device_type=data.device_type,
-            architecture=data.architecture,
-            tenant_id=data.tenant or request.app.state.settings.default_tenant,
-            enrollment_token=data.enrollment_token,
-        ),
-        body=body,
-        signature=signature,
+    # Signature checks and database writes run on a worker thread: on the event loop they would
+    # stall every other request, and a burst of devices would wait on the pool there forever.
+    admitted = await anyio.to_thread.run_sync(
+        partial(
+            service.authenticate,
+            session=session,
+            tokens=request.app.state.device_tokens,
+            request=service.AuthRequest(
+                identity=data.identity,
+                public_key=data.public_key,
+                device_type=data.device_type,
+                architecture=data.architecture,
+                tenant_id=data.tenant or request.app.state.settings.default_tenant,
+                enrollment_token=data.enrollment_token,
+            ),
+            body=body,
+            signature=signature,
+        )
     )
     return DeviceTokenAnswer(
         device_id=admitted.device_id, token=admitted.token, expires_at=admitted.expires_at
