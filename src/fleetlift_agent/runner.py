@@ -126,7 +126,9 @@ class Runner:
         try:
             self.flush_outbox()
             self.maybe_send_inventory()
-            answer = self.client.poll(self._etag, wait=self.settings.long_poll)
+            # With an update in hand, ask for the full answer: its links may have expired.
+            etag = None if self.journal.current is not None else self._etag
+            answer = self.client.poll(etag, wait=0 if etag is None else self.settings.long_poll)
             log.debug(
                 "poll: %s",
                 "unchanged"
