@@ -379,6 +379,10 @@ def poll_row(session: Session, *, tenant_id: str, device_id: str, now: datetime)
     return None if row is None else PollRow(*row)
 
 
+# Connections of the poll query's own pool on a network database; as many threads run polls.
+POLL_QUERY_CONNECTIONS = 8
+
+
 class PollQuery:
     """``poll_row`` for the hot path: the same statement, compiled once for an engine's dialect and
     run on the driver's own cursor.
@@ -394,10 +398,20 @@ class PollQuery:
         compiled = _POLL.compile(dialect=dialect)
         self._own_engine = dialect.name != "sqlite"
         if self._own_engine:
-            # A pool of its own without the ping before each checkout: that ping was a second
-            # round trip per poll. A connection that broke is invalidated and the poll fails
-            # once (the route then answers it, on a fresh connection).
-            engine = create_engine(engine.url, pool_size=10, max_overflow=10, pool_pre_ping=False)
+            # A pool of its own, sized to the threads that poll (``POLL_QUERY_CONNECTIONS``), so
+            # no connection is opened and closed under load (each is a new server process), and
+            # without the ping before each checkout. The single SELECT runs in autocommit and no
+            # rollback is sent when the connection goes back: either would be a second round
+            # trip per poll. A connection that broke is invalidated and the poll fails once (the
+            # route then answers it, on a fresh connection).
+            engine = create_engine(
+                engine.url,
+                pool_size=POLL_QUERY_CONNECTIONS,
+                max_overflow=0,
+                pool_pre_ping=False,
+                pool_reset_on_return=None,
+                isolation_level="AUTOCOMMIT",
+            )
         self._engine = engine
         self._sql = compiled.string
         self._params = compiled.construct_params({"tenant_id": "", "device_id": "", "now": None})

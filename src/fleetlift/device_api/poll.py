@@ -240,6 +240,7 @@ class DevicePoller:
         self.seen = SeenRecorder(seen_resolution)
         self.releases = ReleaseCache()
         self.recheck_seconds = recheck_seconds
+        self._limiter: tuple[asyncio.AbstractEventLoop, anyio.CapacityLimiter] | None = None
 
     async def authenticate(self, token: str) -> DeviceClaims:
         """The claims of a device token: from the cache, or verified off the event loop."""
@@ -266,7 +267,12 @@ class DevicePoller:
             found = self._poll(claims, if_none_match, may_write=False)
             if not isinstance(found, _MustWrite):
                 return found
-        return await anyio.to_thread.run_sync(self.check, claims, if_none_match)
+        # As many threads as the poll query has connections: more would only wait for one (and
+        # contend for the interpreter lock meanwhile) instead of waiting here, on the event loop.
+        loop = asyncio.get_running_loop()
+        if self._limiter is None or self._limiter[0] is not loop:  # a limiter belongs to one loop
+            self._limiter = (loop, anyio.CapacityLimiter(deployments.POLL_QUERY_CONNECTIONS))
+        return await anyio.to_thread.run_sync(self.check, claims, if_none_match, limiter=self._limiter[1])
 
     def check(self, claims: DeviceClaims, if_none_match: str | None) -> PollAnswer | None:
         """One poll: admission, the deployment, its ETag, and recording that the device was told."""
