@@ -213,7 +213,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         seen_writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await seen_writer
-        app.state.device_poller.query.close()
+        await app.state.device_poller.query.aclose()
         for client in (app.state.artifact_store, app.state.image_registry):
             close = getattr(client, "close", None)
             if close is not None:

@@ -349,3 +349,26 @@ def test_the_compiled_poll_query_returns_what_the_session_query_does(api: Api) -
     row = poller.query.run(tenant_id=api.tenant, device_id=device_id, now=now)
     assert row is not None and row.state == "notified" and row.last_seen_at is not None
     assert row.last_seen_at.tzinfo is not None
+
+
+def test_the_poll_query_on_the_event_loop_returns_what_the_session_query_does(api: Api) -> None:
+    """On PostgreSQL the poll's query is awaited on the event loop over psycopg's asynchronous
+    connections; it gives the rows the session query gives, and its connections are reused."""
+    poller = poller_of(api)
+    if not poller.query.runs_on_loop:
+        pytest.skip("only PostgreSQL through psycopg runs the poll query on the event loop")
+    device_id, headers = admitted_device(api, "F-15")
+    idle_id, _ = admitted_device(api, "F-16")
+    deploy(api, [device_id])
+    assert poll(api, headers).status_code == 200
+    now = datetime.now(UTC)
+
+    async def on_the_loop(wanted: str) -> Any:
+        return await poller.query.run_async(tenant_id=api.tenant, device_id=wanted, now=now)
+
+    for wanted in (device_id, idle_id, "no-such-device"):
+        with poller.sessions() as session:
+            expected = repository.poll_row(session, tenant_id=api.tenant, device_id=wanted, now=now)
+        assert api.client.portal.call(on_the_loop, wanted) == expected  # type: ignore[union-attr]
+    pools = list(poller.query._loop_pools.values())
+    assert len(pools) == 1 and 1 <= len(pools[0]._idle) <= repository.POLL_QUERY_CONNECTIONS

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import weakref
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -413,6 +416,12 @@ class PollQuery:
                 isolation_level="AUTOCOMMIT",
             )
         self._engine = engine
+        # On PostgreSQL through psycopg the poll runs on the event loop (``run_async``).
+        self.runs_on_loop = dialect.name == "postgresql" and dialect.driver == "psycopg"
+        self._connect_args = dialect.create_connect_args(engine.url) if self.runs_on_loop else ([], {})
+        self._loop_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnections] = (
+            weakref.WeakKeyDictionary()
+        )
         self._sql = compiled.string
         self._params = compiled.construct_params({"tenant_id": "", "device_id": "", "now": None})
         self._order = list(compiled.positiontup or ()) if compiled.positional else None
@@ -426,12 +435,24 @@ class PollQuery:
             for column in _POLL.selected_columns
         ]
 
-    def run(self, *, tenant_id: str, device_id: str, now: datetime) -> PollRow | None:
-        """``poll_row`` outside any session, on a pooled connection of its own."""
+    def _arguments(self, tenant_id: str, device_id: str, now: datetime) -> Any:
         params = {**self._params, "tenant_id": tenant_id, "device_id": device_id, "now": now}
         for name, process in self._bind:
             params[name] = process(params[name])
-        arguments: Any = params if self._order is None else [params[name] for name in self._order]
+        return params if self._order is None else [params[name] for name in self._order]
+
+    def _row(self, row: Sequence[Any] | None) -> PollRow | None:
+        if row is None:
+            return None
+        values: list[Any] = [
+            value if process is None or value is None else process(value)
+            for value, process in zip(row, self._result, strict=True)
+        ]
+        return PollRow(*values)
+
+    def run(self, *, tenant_id: str, device_id: str, now: datetime) -> PollRow | None:
+        """``poll_row`` outside any session, on a pooled connection of its own."""
+        arguments = self._arguments(tenant_id, device_id, now)
         connection = self._engine.raw_connection()
         try:
             cursor = connection.cursor()
@@ -444,19 +465,81 @@ class PollQuery:
             connection.invalidate()
             raise
         finally:
-            connection.close()  # back to the pool, which ends the read transaction
-        if row is None:
-            return None
-        values: list[Any] = [
-            value if process is None or value is None else process(value)
-            for value, process in zip(row, self._result, strict=True)
-        ]
-        return PollRow(*values)
+            connection.close()  # back to the pool
+        return self._row(row)
+
+    async def run_async(self, *, tenant_id: str, device_id: str, now: datetime) -> PollRow | None:
+        """``run`` on the event loop, over psycopg's asynchronous connections (``runs_on_loop``):
+        no hand-off to a worker thread and back, which on a network database cost more than the
+        query. At most ``POLL_QUERY_CONNECTIONS`` per event loop; a poll waits for a free one."""
+        arguments = self._arguments(tenant_id, device_id, now)
+        loop = asyncio.get_running_loop()
+        pool = self._loop_pools.get(loop)
+        if pool is None:
+            pool = self._loop_pools[loop] = _LoopConnections(self._connect, POLL_QUERY_CONNECTIONS)
+        connection = await pool.acquire()
+        try:
+            cursor = connection.cursor()
+            try:
+                await cursor.execute(self._sql, arguments)
+                row = await cursor.fetchone()
+            finally:
+                await cursor.close()
+        except BaseException:
+            await pool.discard(connection)  # broken, or left mid-query: never reused
+            raise
+        pool.release(connection)
+        return self._row(row)
+
+    async def _connect(self) -> Any:
+        dbapi = self._engine.dialect.loaded_dbapi
+        return await dbapi.AsyncConnection.connect(
+            *self._connect_args[0], autocommit=True, **self._connect_args[1]
+        )
 
     def close(self) -> None:
-        """Close the connections of its own pool, if it has one."""
+        """Close the connections of its own pool, if it has one (``aclose``: those of the loop)."""
         if self._own_engine:
             self._engine.dispose()
+
+    async def aclose(self) -> None:
+        """Close the asynchronous connections of the running event loop, and the pool's."""
+        pool = self._loop_pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.close()
+        self.close()
+
+
+class _LoopConnections:
+    """A few asynchronous connections of one event loop, opened on demand and kept."""
+
+    def __init__(self, connect: Callable[[], Awaitable[Any]], size: int) -> None:
+        self._connect = connect
+        self._free = asyncio.Semaphore(size)
+        self._idle: list[Any] = []
+
+    async def acquire(self) -> Any:
+        await self._free.acquire()
+        try:
+            return self._idle.pop() if self._idle else await self._connect()
+        except BaseException:
+            self._free.release()
+            raise
+
+    def release(self, connection: Any) -> None:
+        self._idle.append(connection)
+        self._free.release()
+
+    async def discard(self, connection: Any) -> None:
+        self._free.release()
+        with contextlib.suppress(Exception):
+            await connection.close()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            with contextlib.suppress(Exception):
+                await connection.close()
 
 
 def advance_device_state(

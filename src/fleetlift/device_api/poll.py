@@ -208,7 +208,8 @@ class ReleaseCache:
 
 
 class _MustWrite:
-    """A poll that must write (pending becomes notified): not done on the event loop."""
+    """A poll that must write (pending becomes notified), or load a release on a network database:
+    not done on the event loop."""
 
 
 _MUST_WRITE = _MustWrite()
@@ -267,6 +268,14 @@ class DevicePoller:
             found = self._poll(claims, if_none_match, may_write=False)
             if not isinstance(found, _MustWrite):
                 return found
+        elif self.query.runs_on_loop:
+            # PostgreSQL through psycopg: the query is awaited on the event loop; a poll that must
+            # write, or load a release not cached yet, is done again on a worker thread.
+            now = utcnow()
+            row = await self.query.run_async(tenant_id=claims.tenant_id, device_id=claims.device_id, now=now)
+            found = self._answer(claims, row, if_none_match, now, may_write=False, may_load=False)
+            if not isinstance(found, _MustWrite):
+                return found
         # As many threads as the poll query has connections: more would only wait for one (and
         # contend for the interpreter lock meanwhile) instead of waiting here, on the event loop.
         loop = asyncio.get_running_loop()
@@ -286,6 +295,20 @@ class DevicePoller:
         """``check``; with ``may_write`` false, a poll that has to write stops before it does."""
         now = utcnow()
         row = self.query.run(tenant_id=claims.tenant_id, device_id=claims.device_id, now=now)
+        return self._answer(claims, row, if_none_match, now, may_write=may_write, may_load=True)
+
+    def _answer(
+        self,
+        claims: DeviceClaims,
+        row: deployments.PollRow | None,
+        if_none_match: str | None,
+        now: datetime,
+        *,
+        may_write: bool,
+        may_load: bool,
+    ) -> PollAnswer | _MustWrite | None:
+        """The answer the poll query's row gives; ``_MUST_WRITE`` when it needs a write the caller
+        may not do, or (without ``may_load``) a release that is not cached."""
         refusal = token_refusal(
             None if row is None else row.status,
             None if row is None else row.tokens_valid_after,
@@ -321,7 +344,12 @@ class DevicePoller:
         etag = poll_etag(row.deployment_id, row.release_id, row.release_row_version)
         release = None
         if not etag_matches(if_none_match, etag):
-            release = self._release(claims.tenant_id, row.release_id, row.release_row_version)
+            key = (claims.tenant_id, row.release_id, row.release_row_version)
+            release = self.releases.get(key)
+            if release is None:
+                if not may_load:
+                    return _MUST_WRITE
+                release = self._release(*key)
         return PollAnswer(row.deployment_id, outcome.state.value, etag, release)
 
     def _seen(
