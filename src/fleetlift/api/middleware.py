@@ -95,17 +95,29 @@ class RequestGuard:
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.json_prefix = json_prefix
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
-        incoming = headers.get("x-request-id", "")
-        request_id = incoming if _REQUEST_ID.match(incoming) else new_id("req_")
-        scope.setdefault("state", {})["request_id"] = request_id
         method: str = scope["method"]
         path: str = scope["path"]
+        checks_body = (
+            method in _BODY_METHODS and path.startswith(self.guarded) and path not in self.streaming_paths
+        )
+        if checks_body:
+            headers = {
+                key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]
+            }
+            incoming = headers.get("x-request-id", "")
+        else:  # most requests (every device poll): only the request ID is read
+            incoming = ""
+            for key, value in scope["headers"]:
+                if key.lower() == b"x-request-id":
+                    incoming = value.decode("latin-1")
+        request_id = incoming if _REQUEST_ID.match(incoming) else new_id("req_")
+        scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status_holder: dict[str, Any] = {"status": 500}
 
@@ -117,7 +129,7 @@ class RequestGuard:
             await send_problem(413, "Request body too large", f"the body exceeds {self.max_body_bytes} bytes")
 
         # Streaming uploads (artifacts) carry their own media type and size limit.
-        if method in _BODY_METHODS and path.startswith(self.guarded) and path not in self.streaming_paths:
+        if checks_body:
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 await too_large()
@@ -167,8 +179,17 @@ class RequestGuard:
         ):
             # Routes of included routers report their path without the prefix they are mounted at.
             template = self.json_prefix + template
-        self.metrics.requests.labels(method, template, str(status)).inc()
-        self.metrics.duration.labels(method, template).observe(elapsed)
+        children = self._children.get((method, template, status))
+        if children is None:  # the labelled series, looked up once per (method, route, status)
+            children = (
+                self.metrics.requests.labels(method, template, str(status)),
+                self.metrics.duration.labels(method, template),
+            )
+            self._children[(method, template, status)] = children
+        children[0].inc()
+        children[1].observe(elapsed)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         access_log.info(
             "%s %s %s",
             method,

@@ -65,6 +65,7 @@ class PollFastPath:
         self.app = app
         self.state = state
         self.route = route  # the route's object, so metrics name the poll by its template
+        self._interval: tuple[Any, tuple[bytes, bytes]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != POLL_PATH or scope["method"] != "GET":
@@ -86,4 +87,23 @@ class PollFastPath:
             return
         if self.route is not None:
             scope["route"] = self.route
-        await poll_response(self.state, claims.tenant_id, found)(scope, receive, send)
+        if found is not None and found.release is not None:  # 200: the instructions, as the route
+            await poll_response(self.state, claims.tenant_id, found)(scope, receive, send)
+            return
+        # 204 and 304 carry no body: the same headers as ``poll_response``'s, without building
+        # a Response for them (a test compares both answers).
+        interval = self._interval_header()
+        if found is None:
+            headers = [interval]
+            status = 204
+        else:
+            headers = [interval, (b"etag", found.etag.encode("latin-1"))]
+            status = 304
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    def _interval_header(self) -> tuple[bytes, bytes]:
+        seconds = self.state.settings.device_poll_interval_seconds
+        if self._interval is None or self._interval[0] != seconds:
+            self._interval = (seconds, (b"x-fleetlift-poll-interval", str(seconds).encode()))
+        return self._interval[1]
