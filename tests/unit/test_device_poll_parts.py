@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fleetlift.device_api.poll import PollNotifier, SeenRecorder
 from fleetlift.device_api.rules import etag_matches, poll_etag, seen_is_stale, token_refusal
@@ -82,3 +83,47 @@ def test_a_change_between_the_check_and_the_wait_is_not_missed() -> None:
 
     woken, elapsed = asyncio.run(scenario())
     assert woken and elapsed < 0.1
+
+
+def test_the_request_guard_measures_and_names_bodiless_requests_with_the_access_log_off() -> None:
+    """The guard's short road for requests without a body: the caller's request ID is kept (the
+    last one when repeated), a bad one replaced, and every answer counted, with INFO off too."""
+    import logging
+
+    from prometheus_client import CollectorRegistry
+
+    from fleetlift.api.middleware import RequestGuard, RequestMetrics, access_log
+
+    registry = CollectorRegistry()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    guard = RequestGuard(app, max_body_bytes=100, metrics=RequestMetrics(registry), json_prefix="/api/v1")
+
+    def call(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        scope = {"type": "http", "method": "GET", "path": "/x", "headers": headers, "query_string": b""}
+        asyncio.run(guard(scope, receive, send))
+        return dict(sent[0]["headers"])
+
+    level = access_log.level
+    access_log.setLevel(logging.WARNING)
+    try:
+        assert call([(b"x-request-id", b"first"), (b"X-Request-ID", b"abc-1")])[b"x-request-id"] == b"abc-1"
+        assert call([(b"x-request-id", b"bad id!")])[b"x-request-id"].startswith(b"req_")
+        assert call([])[b"x-request-id"].startswith(b"req_")
+    finally:
+        access_log.setLevel(level)
+    labels = {"method": "GET", "route": "unmatched", "status": "204"}
+    assert registry.get_sample_value("fleetlift_http_requests_total", labels) == 3
+    count = {"method": "GET", "route": "unmatched"}
+    assert registry.get_sample_value("fleetlift_http_request_duration_seconds_count", count) == 3
