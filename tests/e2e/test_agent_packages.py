@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .agent_process import AgentProcess, code_package
-from .harness import ServerProcess, server_process
+from .harness import ServerProcess, server_process, start_server
 
 __all__ = ["server_process"]
 
@@ -235,3 +235,35 @@ def test_offline_the_agent_finishes_and_reports_when_the_server_is_back(
     assert row["state"] == "succeeded", agent.log()[-3000:]
     assert "trying again in" in agent.log()
     assert json.loads((agent.data_dir / "journal.json").read_text())["outbox"] == []
+
+
+@pytest.fixture
+def short_links_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """Download links that expire after 2 seconds."""
+    yield from start_server(
+        tmp_path / "server", device_poll_interval_seconds="1", download_link_ttl_seconds="2"
+    )
+
+
+def test_an_expired_link_is_replaced_and_the_download_resumed(
+    short_links_server: ServerProcess, tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    server = short_links_server
+    agent = _admitted_agent(server, tmp_path, agents, "gw-pkg-7", "--rate-limit", "400000")
+    release_id = _package_release(server, "1.0.0", code_package("1.0.0", padding=1_500_000))
+    deployment = server.deploy(release_id, "deviceId = 'gw-pkg-7'")
+    downloads = agent.data_dir / "downloads"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        parts = list(downloads.glob("*.part")) if downloads.exists() else []
+        if parts and parts[0].stat().st_size > 200_000:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the download never got going:\n" + agent.log()[-3000:])
+    agent.kill9()
+    time.sleep(3)  # the link the journal holds has expired
+    agent.start()
+    row = server.wait_for_state(deployment, "gw-pkg-7", {"succeeded", "failed", "rolled_back"})
+    assert row["state"] == "succeeded", agent.log()[-3000:]
+    assert "link expired" in agent.log()
