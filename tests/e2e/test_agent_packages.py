@@ -128,6 +128,18 @@ def test_corrupted_download_is_refused(
     assert not (agent.data_dir / "packages" / "app").exists()
 
 
+def _partial_download(agent: AgentProcess, at_least: int) -> Path:
+    """The agent's .part file once it holds ``at_least`` bytes."""
+    downloads = agent.data_dir / "downloads"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        parts = list(downloads.glob("*.part")) if downloads.exists() else []
+        if parts and parts[0].stat().st_size >= at_least:
+            return parts[0]
+        time.sleep(0.05)
+    raise AssertionError("the download never got going:\n" + agent.log()[-3000:])
+
+
 def test_kill_9_mid_download_resumes(
     server_process: ServerProcess, tmp_path: Path, agents: list[AgentProcess]
 ) -> None:
@@ -135,17 +147,9 @@ def test_kill_9_mid_download_resumes(
     agent = _admitted_agent(server, tmp_path, agents, "gw-pkg-4", "--rate-limit", "400000")
     release_id = _package_release(server, "1.0.0", code_package("1.0.0", padding=2_000_000))
     deployment = server.deploy(release_id, "deviceId = 'gw-pkg-4'")
-    downloads = agent.data_dir / "downloads"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        parts = list(downloads.glob("*.part")) if downloads.exists() else []
-        if parts and parts[0].stat().st_size > 300_000:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the download never got going:\n" + agent.log()[-3000:])
+    part = _partial_download(agent, at_least=300_000)
     agent.kill9()
-    kept = parts[0].stat().st_size
+    kept = part.stat().st_size
     assert 0 < kept < 2_000_000
     agent.start()
     row = server.wait_for_state(deployment, "gw-pkg-4", {"succeeded", "failed", "rolled_back"})
@@ -252,15 +256,7 @@ def test_an_expired_link_is_replaced_and_the_download_resumed(
     agent = _admitted_agent(server, tmp_path, agents, "gw-pkg-7", "--rate-limit", "400000")
     release_id = _package_release(server, "1.0.0", code_package("1.0.0", padding=1_500_000))
     deployment = server.deploy(release_id, "deviceId = 'gw-pkg-7'")
-    downloads = agent.data_dir / "downloads"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        parts = list(downloads.glob("*.part")) if downloads.exists() else []
-        if parts and parts[0].stat().st_size > 200_000:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the download never got going:\n" + agent.log()[-3000:])
+    _partial_download(agent, at_least=200_000)
     agent.kill9()
     time.sleep(3)  # the link the journal holds has expired
     agent.start()
