@@ -88,6 +88,11 @@ class Journal:
         with self._changing() as document:
             document["current"]["instructions"] = instructions
 
+    def mark(self, flag: str) -> None:
+        """Set a flag on the update in hand (e.g. that the rollback's reboot was asked for)."""
+        with self._changing() as document:
+            document["current"][flag] = True
+
     def log(self, line: str) -> None:
         stamped = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + " " + line
         with self._changing() as document:

@@ -50,6 +50,8 @@ class Fetcher(Protocol):
 
     def prune(self, keep: set[str]) -> object: ...
 
+    def path_for(self, name: str) -> Path: ...
+
 
 class Verifier(Protocol):
     def verify(self, tuf_target: str, path: Path) -> None: ...
@@ -143,11 +145,8 @@ class Runner:
                 self._etag = answer.etag
                 self.handle(answer.instructions)
                 return 0.0
-            if answer.unchanged and self.journal.current is None:
-                # Unchanged since an offer this device has already decided: nothing to do.
-                pass
-            elif answer.instructions is None and not answer.unchanged:
-                self._etag = None
+            if not answer.unchanged:
+                self._etag = None  # nothing offered: forget the last offer's ETag
         except NotAdmitted as error:
             log.info("not admitted yet (%s); asking again in %ss", error, self.interval())
             return self.interval()
@@ -435,7 +434,6 @@ class Runner:
         return installer
 
     def _payloads(self, instructions: dict[str, Any]) -> list[Payload]:
-        download_dir = self.data_dir / "downloads"
         payloads = [
             Payload("container", str(spec["name"]), dict(spec))
             for spec in sorted(instructions.get("containers", []), key=lambda c: c.get("startup_order", 0))
@@ -446,7 +444,7 @@ class Runner:
                     str(entry.get("installer") or "package"),
                     str(entry.get("target") or instructions["release"]["name"]),
                     dict(entry),
-                    download_dir / _download_name(entry),
+                    self.fetcher.path_for(_download_name(entry)),
                 )
             )
         return payloads
@@ -530,15 +528,11 @@ class Runner:
                 needs_reboot = True
         if needs_reboot and not current.get("rollback_rebooted"):
             self._note("rolling back needs a reboot into the previous slot")
-            self._mark_rollback_reboot()
+            self.journal.mark("rollback_rebooted")
             self._reboot(payloads)
         detail = reason + (f"; rollback problems: {'; '.join(problems)}" if problems else "")
         self._note(f"rolled back: {detail}")
         self._finish_failed(update, "rolled_back" if switched else "failed", detail)
-
-    def _mark_rollback_reboot(self) -> None:
-        with self.journal._changing() as document:  # one flag, written with the journal's fsync
-            document["current"]["rollback_rebooted"] = True
 
     def _clean_prepared(self, update: Update, payloads: list[Payload]) -> None:
         for payload in payloads:
