@@ -524,17 +524,6 @@ def _effective(
     return rules.effective_deployment(live)
 
 
-def effective_for_device(
-    *, session: Session, tenant_id: str, device_id: str, now: datetime
-) -> tuple[DeploymentDevice, Deployment] | None:
-    """The deployment a device should be working on now, with its state in it."""
-    history = repository.device_history(session, tenant_id=tenant_id, device_id=device_id, limit=200)
-    chosen = _effective(history, now)
-    if chosen is None:
-        return None
-    return next((state, d) for state, d in history if d.id == chosen.deployment_id)
-
-
 def record_device_report(
     *,
     session: Session,
