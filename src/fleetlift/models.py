@@ -6,6 +6,7 @@ from fleetlift.db import Base
 from fleetlift.deployments.models import Deployment, DeploymentDevice
 from fleetlift.devices.models import Device
 from fleetlift.enrollment.models import EnrollmentToken
+from fleetlift.events.models import Event
 from fleetlift.notifications.models import DeploymentLog, Notification
 from fleetlift.registries.models import RegistryCredential
 from fleetlift.releases.models import Release
@@ -22,6 +23,7 @@ __all__ = [
     "DeploymentLog",
     "Device",
     "EnrollmentToken",
+    "Event",
     "Notification",
     "RegistryCredential",
     "Release",

@@ -3,7 +3,7 @@ are chosen in one place, ``fleetlift.adapters.build_artifact_store``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -90,4 +90,23 @@ class ArtifactStore(Protocol):
     def direct_url(self, key: str, *, filename: str, expires_at: datetime) -> str | None:
         """A URL a device can download from without passing through fleetlift (a SAS link), or
         None when the store has none and fleetlift must serve the bytes itself."""
+        ...
+
+
+class DeviceChannel(Protocol):
+    """Tells devices to ask for their instructions now, instead of at their next poll. Example::
+
+    await channel.notify("default", ["gw-0001", "gw-0002"])   # how many messages went out
+
+    A notification carries no instructions and no secrets: the device still fetches what to do
+    over the authenticated device API. Losing one only delays the device until its next poll, so
+    adapters may drop notifications under pressure but must never block the caller for long.
+    """
+
+    async def notify(self, tenant_id: str, device_ids: Sequence[str]) -> int:
+        """Ask these devices of the tenant to check now; how many notifications were sent."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; further ``notify`` calls may fail."""
         ...

@@ -25,6 +25,7 @@ TABLES = {
     "notifications",
     "deployment_logs",
     "enrollment_tokens",
+    "events",
     "alembic_version",
 }
 

@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Text,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -46,6 +47,20 @@ class Deployment(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     row_version: Mapped[int] = mapped_column(Integer, default=1)
 
+    # The rollout: the operator's policy (``rollouts.schemas.RolloutPolicy`` as JSON) and where the
+    # reconciler has taken it. ``rollout_state`` is one of ``rollouts.rules.RolloutState``.
+    policy: Mapped[dict[str, object]] = mapped_column(JsonDocument, default=dict, server_default=text("'{}'"))
+    rollout_state: Mapped[str] = mapped_column(String(24), default="pending", server_default="pending")
+    current_wave: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    wave_count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    wave_opened_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    soak_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # The highest wave index whose approval gate an operator opened (-1: none).
+    approved_through: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")
+    halted_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A rollback deployment names the deployment whose failures it undoes.
+    parent_deployment_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012
 
 
@@ -57,6 +72,7 @@ class DeploymentDevice(Base):
         # deployment in the same transaction, and deployments are never deleted, only hidden.
         Index("ix_deployment_devices_device", "tenant_id", "device_id"),
         Index("ix_deployment_devices_state", "tenant_id", "deployment_id", "state"),
+        Index("ix_deployment_devices_wave", "tenant_id", "deployment_id", "wave", "state"),
     )
 
     tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -65,6 +81,9 @@ class DeploymentDevice(Base):
     state: Mapped[str] = mapped_column(String(20))
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The wave the device belongs to, and when its wave let it start (it left ``waiting``).
+    wave: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    released_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, server_default=func.now())
 
 
