@@ -8,6 +8,7 @@ import pytest
 
 from fleetlift.auth import Permission
 from fleetlift.deployments.rules import (
+    FAILURES,
     PROGRESS,
     TERMINAL,
     Candidate,
@@ -17,6 +18,7 @@ from fleetlift.deployments.rules import (
     DeviceFacts,
     Phase,
     ReleaseFacts,
+    Transition,
     UpdateRefusal,
     check_content_change,
     check_phase_change,
@@ -27,6 +29,7 @@ from fleetlift.deployments.rules import (
     missing_permission,
     permission_for_new,
     permissions_for_change,
+    server_transition,
     transition,
     update_refusal,
 )
@@ -62,6 +65,7 @@ def test_forward_progress_is_applied(current: S, reported: S) -> None:
         (S.DOWNLOADED, S.DOWNLOADING),
         (S.VERIFYING, S.INSTALLING),
         (S.REBOOTING, S.NOTIFIED),
+        (S.DOWNLOADING, S.WAITING),
     ],
 )
 def test_late_reports_change_nothing(current: S, reported: S) -> None:
@@ -89,6 +93,7 @@ LEGAL_OUTCOMES = {
     S.ROLLED_BACK: {S.INSTALLING, S.REBOOTING, S.VERIFYING},
     S.ALREADY_INSTALLED: {S.PENDING, S.NOTIFIED, S.DOWNLOADING, S.DOWNLOADED},
     S.CANCELLED: {S.PENDING, S.NOTIFIED, S.DOWNLOADING, S.DOWNLOADED},
+    S.TIMED_OUT: set(PROGRESS),
 }
 
 
@@ -102,9 +107,59 @@ def test_outcomes_only_from_states_that_allow_them(outcome: S, current: S) -> No
             transition(current, outcome)
 
 
-def test_every_state_is_either_progress_or_outcome() -> None:
-    assert set(PROGRESS) | TERMINAL == set(S)
+def test_every_state_is_waiting_progress_or_outcome() -> None:
+    assert set(PROGRESS) | TERMINAL | {S.WAITING} == set(S)
     assert not set(PROGRESS) & TERMINAL
+    assert S.WAITING not in TERMINAL and S.WAITING not in PROGRESS
+
+
+@pytest.mark.parametrize("reported", [s for s in S if s not in {S.WAITING, S.CANCELLED}])
+def test_a_waiting_device_cannot_report(reported: S) -> None:
+    with pytest.raises(IllegalTransition, match="not been released to this device yet"):
+        transition(S.WAITING, reported)
+
+
+def test_a_waiting_device_can_be_cancelled() -> None:
+    assert transition(S.WAITING, S.CANCELLED) == Transition(S.CANCELLED, changed=True)
+
+
+@pytest.mark.parametrize("reported", list(S))
+def test_reports_after_a_timeout_are_late(reported: S) -> None:
+    assert transition(S.TIMED_OUT, reported) == Transition(S.TIMED_OUT, changed=False)
+
+
+def test_timed_out_is_a_failure() -> None:
+    assert S.TIMED_OUT in FAILURES and S.TIMED_OUT in TERMINAL
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted", "allowed"),
+    [
+        (S.WAITING, S.PENDING, True),  # release
+        (S.FAILED, S.PENDING, True),  # retry
+        (S.ROLLED_BACK, S.PENDING, True),
+        (S.TIMED_OUT, S.PENDING, True),
+        (S.SUCCEEDED, S.PENDING, False),
+        (S.CANCELLED, S.PENDING, False),
+        (S.NOTIFIED, S.PENDING, False),
+        (S.PENDING, S.TIMED_OUT, True),
+        (S.VERIFYING, S.TIMED_OUT, True),
+        (S.WAITING, S.TIMED_OUT, False),  # never released, so never late
+        (S.SUCCEEDED, S.TIMED_OUT, False),
+        (S.WAITING, S.CANCELLED, True),
+        (S.DOWNLOADED, S.CANCELLED, True),
+        (S.INSTALLING, S.CANCELLED, False),  # in flight: it finishes
+        (S.WAITING, S.SUCCEEDED, False),
+        (S.PENDING, S.PENDING, True),  # no change
+    ],
+)
+def test_server_moves(current: S, wanted: S, allowed: bool) -> None:
+    if allowed:
+        outcome = server_transition(current, wanted)
+        assert outcome == Transition(wanted, changed=current != wanted)
+    else:
+        with pytest.raises(IllegalTransition, match=f"from {current.value} to {wanted.value}"):
+            server_transition(current, wanted)
 
 
 def counts(**by_state: int) -> dict[S, int]:
@@ -124,6 +179,10 @@ def counts(**by_state: int) -> dict[S, int]:
         (Phase.ACTIVE, counts(succeeded=5, failed=1), None, DeploymentStatus.FAILED),
         (Phase.ACTIVE, counts(succeeded=5, rolled_back=1), None, DeploymentStatus.FAILED),
         (Phase.ACTIVE, counts(succeeded=5, cancelled=1), None, DeploymentStatus.COMPLETED),
+        (Phase.ACTIVE, counts(succeeded=5, timed_out=1), None, DeploymentStatus.FAILED),
+        (Phase.ACTIVE, counts(succeeded=5, waiting=3), None, DeploymentStatus.ACTIVE),
+        (Phase.ACTIVE, counts(failed=1, waiting=1), None, DeploymentStatus.ACTIVE),
+        (Phase.PAUSED, counts(succeeded=5, waiting=3), None, DeploymentStatus.PAUSED),
         (Phase.PAUSED, counts(pending=1, succeeded=1), None, DeploymentStatus.PAUSED),
         (Phase.PAUSED, counts(succeeded=2), None, DeploymentStatus.COMPLETED),
     ],

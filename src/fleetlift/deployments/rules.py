@@ -13,6 +13,9 @@ from fleetlift.errors import IllegalTransition, InvalidInput
 
 
 class DeviceUpdateState(StrEnum):
+    # Assigned to the deployment but not released yet (its wave is not open, no concurrency
+    # slot, or outside its maintenance window); only the server moves it on.
+    WAITING = "waiting"
     PENDING = "pending"
     NOTIFIED = "notified"
     DOWNLOADING = "downloading"
@@ -25,11 +28,14 @@ class DeviceUpdateState(StrEnum):
     ROLLED_BACK = "rolled_back"
     ALREADY_INSTALLED = "already_installed"
     CANCELLED = "cancelled"
+    # A released device that reported nothing for the rollout's device timeout; set by the server.
+    TIMED_OUT = "timed_out"
 
 
 S = DeviceUpdateState
 
-# The road a device travels; a device may skip steps (not every update reboots), never go back.
+# The road a released device travels; a device may skip steps (not every update reboots), never
+# go back. WAITING comes before it but is neither progress nor outcome: devices cannot leave it.
 PROGRESS: tuple[DeviceUpdateState, ...] = (
     S.PENDING,
     S.NOTIFIED,
@@ -40,20 +46,29 @@ PROGRESS: tuple[DeviceUpdateState, ...] = (
     S.VERIFYING,
 )
 TERMINAL: frozenset[DeviceUpdateState] = frozenset(
-    {S.SUCCEEDED, S.FAILED, S.ROLLED_BACK, S.ALREADY_INSTALLED, S.CANCELLED}
+    {S.SUCCEEDED, S.FAILED, S.ROLLED_BACK, S.ALREADY_INSTALLED, S.CANCELLED, S.TIMED_OUT}
 )
-FAILURES: frozenset[DeviceUpdateState] = frozenset({S.FAILED, S.ROLLED_BACK})
+FAILURES: frozenset[DeviceUpdateState] = frozenset({S.FAILED, S.ROLLED_BACK, S.TIMED_OUT})
+SUCCESSES: frozenset[DeviceUpdateState] = frozenset({S.SUCCEEDED, S.ALREADY_INSTALLED})
 
 # From which in-progress states each outcome may be reached. Success needs something installed;
 # a rollback needs something to roll back; "already installed" is found before installing;
-# cancelling is only possible before the device starts changing itself.
+# cancelling is only possible before the device starts changing itself; any released device can
+# go silent long enough to time out.
 _OUTCOME_SOURCES: dict[DeviceUpdateState, frozenset[DeviceUpdateState]] = {
     S.SUCCEEDED: frozenset({S.DOWNLOADED, S.INSTALLING, S.REBOOTING, S.VERIFYING}),
     S.FAILED: frozenset(PROGRESS),
     S.ROLLED_BACK: frozenset({S.INSTALLING, S.REBOOTING, S.VERIFYING}),
     S.ALREADY_INSTALLED: frozenset({S.PENDING, S.NOTIFIED, S.DOWNLOADING, S.DOWNLOADED}),
-    S.CANCELLED: frozenset({S.PENDING, S.NOTIFIED, S.DOWNLOADING, S.DOWNLOADED}),
+    S.CANCELLED: frozenset({S.WAITING, S.PENDING, S.NOTIFIED, S.DOWNLOADING, S.DOWNLOADED}),
+    S.TIMED_OUT: frozenset(PROGRESS),
 }
+
+# Server-side moves, for the set-based SQL of the reconciler and the operator actions.
+CANCELLABLE: frozenset[DeviceUpdateState] = _OUTCOME_SOURCES[S.CANCELLED]
+TIMEOUT_SOURCES: frozenset[DeviceUpdateState] = _OUTCOME_SOURCES[S.TIMED_OUT]
+RETRYABLE: frozenset[DeviceUpdateState] = FAILURES
+IN_FLIGHT: frozenset[DeviceUpdateState] = frozenset(PROGRESS)
 
 
 @dataclass(frozen=True)
@@ -72,16 +87,37 @@ def transition(current: DeviceUpdateState, reported: DeviceUpdateState) -> Trans
     if current in TERMINAL:
         # The outcome is already known: anything else is a late or duplicated report.
         return Transition(current, changed=False)
+    if current == S.WAITING and reported != S.CANCELLED:
+        # The poll never offers a waiting row, so a report here is a device jumping the queue.
+        raise IllegalTransition("the update has not been released to this device yet")
     if reported in TERMINAL:
         if current in _OUTCOME_SOURCES[reported]:
             return Transition(reported, changed=True)
         raise IllegalTransition(f"a device cannot go from {current.value} to {reported.value}")
-    if reported == S.PENDING:
-        # Only the server puts a device in pending; a device reporting it is replaying history.
+    if reported in (S.WAITING, S.PENDING):
+        # Only the server puts a device in these; a device reporting one is replaying history.
         return Transition(current, changed=False)
     if PROGRESS.index(reported) > PROGRESS.index(current):
         return Transition(reported, changed=True)
     return Transition(current, changed=False)
+
+
+# The server's own moves: release (waiting -> pending), retry (a failure -> pending), time out,
+# cancel. Devices never make these; the reconciler and operator actions apply them set-based.
+_SERVER_MOVES: dict[DeviceUpdateState, frozenset[DeviceUpdateState]] = {
+    S.PENDING: frozenset({S.WAITING}) | RETRYABLE,
+    S.TIMED_OUT: TIMEOUT_SOURCES,
+    S.CANCELLED: CANCELLABLE,
+}
+
+
+def server_transition(current: DeviceUpdateState, wanted: DeviceUpdateState) -> Transition:
+    """Apply a server-made move (release, retry, time out, cancel); refuse one it does not allow."""
+    if wanted == current:
+        return Transition(current, changed=False)
+    if current in _SERVER_MOVES.get(wanted, frozenset()):
+        return Transition(wanted, changed=True)
+    raise IllegalTransition(f"the server cannot move a device from {current.value} to {wanted.value}")
 
 
 class Phase(StrEnum):
@@ -114,7 +150,8 @@ def deployment_status(
 
     An active deployment is *completed* when every targeted device reached an outcome and none
     failed, *failed* when every device reached an outcome and at least one failed or rolled back.
-    A deployment that targets no devices yet stays active: devices may still join.
+    A deployment that targets no devices yet stays active: devices may still join. Devices
+    waiting for their wave are not outcomes, so a rollout with waves still to open is not done.
     """
     if phase is Phase.DRAFT:
         return DeploymentStatus.DRAFT

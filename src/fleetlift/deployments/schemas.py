@@ -67,6 +67,7 @@ class DeploymentReplace(StrictModel):
 
 DeploymentStatusName = Literal["draft", "scheduled", "active", "paused", "completed", "cancelled", "failed"]
 DeviceStateName = Literal[
+    "waiting",
     "pending",
     "notified",
     "downloading",
@@ -79,6 +80,7 @@ DeviceStateName = Literal[
     "rolled_back",
     "already_installed",
     "cancelled",
+    "timed_out",
 ]
 
 
