@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     page_size_default: int = 50
     page_size_max: int = 1000
     batch_max_devices: int = 10_000
+    # How devices hear that a rollout released them: the built-in long poll (always on), or also a
+    # "check now" message per device through an MQTT broker (docs/mqtt.md). The URL holds the
+    # broker password: mqtt[s]://user:password@host[:port].
+    device_channel: Literal["longpoll", "mqtt"] = "longpoll"
+    mqtt_url: SecretStr | None = None
+    mqtt_topic_prefix: str = "fleetlift"
 
     @field_validator("database_url")
     @classmethod
@@ -81,6 +87,25 @@ class Settings(BaseSettings):
             # psycopg 3 is the driver we ship; spare users from knowing SQLAlchemy's driver suffix.
             value = "postgresql+psycopg://" + value.split("://", 1)[1]
         return value
+
+    @field_validator("mqtt_topic_prefix")
+    @classmethod
+    def _plain_topic_prefix(cls, value: str) -> str:
+        if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
+            raise ValueError("FLEETLIFT_MQTT_TOPIC_PREFIX: topic levels without wildcards, e.g. fleetlift")
+        return value
+
+    @model_validator(mode="after")
+    def _channel_configured(self) -> Settings:
+        if self.device_channel == "mqtt":
+            url = self.mqtt_url.get_secret_value() if self.mqtt_url is not None else ""
+            if not url:
+                raise ValueError(
+                    "FLEETLIFT_DEVICE_CHANNEL=mqtt needs FLEETLIFT_MQTT_URL (mqtt://user:pw@host)"
+                )
+            if not url.startswith(("mqtt://", "mqtts://")):
+                raise ValueError("FLEETLIFT_MQTT_URL must be an mqtt:// or mqtts:// URL")
+        return self
 
     @property
     def resolved_database_url(self) -> str:
