@@ -29,9 +29,14 @@ class Permission(StrEnum):
     AUDIT_READ = "audit:read"
     KEYS_MANAGE = "keys:manage"
     TENANTS_MANAGE = "tenants:manage"
+    EVENTS_READ = "events:read"
+    WEBHOOKS_READ = "webhooks:read"
+    WEBHOOKS_WRITE = "webhooks:write"
 
 
-_READ = frozenset({Permission.DEVICES_READ, Permission.RELEASES_READ, Permission.DEPLOYMENTS_READ})
+_READ = frozenset(
+    {Permission.DEVICES_READ, Permission.RELEASES_READ, Permission.DEPLOYMENTS_READ, Permission.EVENTS_READ}
+)
 
 # Developers author (releases, draft deployments); operators run the fleet (admit devices, start,
 # pause and cancel rollouts, trigger updates) and answer for it (audit); viewers read.
