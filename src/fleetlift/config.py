@@ -75,6 +75,18 @@ class Settings(BaseSettings):
     device_channel: Literal["longpoll", "mqtt"] = "longpoll"
     mqtt_url: SecretStr | None = None
     mqtt_topic_prefix: str = "fleetlift"
+    # Webhooks (docs/events.md): a background dispatcher POSTs signed events to subscriptions,
+    # retrying failures with exponential backoff and full jitter (base * 2^n, capped).
+    webhooks_enabled: bool = True
+    webhook_timeout_seconds: float = 10.0
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_backoff_base_seconds: float = 10.0
+    webhook_backoff_max_seconds: float = 3600.0
+    webhook_concurrency: int = Field(default=4, ge=1)  # deliveries in flight per subscription and replica
+    webhook_poll_interval_seconds: float = 1.0
+    # A missing event number (a transaction still open, or rolled back) holds event streams and
+    # webhook cursors back at most this long before they move past it.
+    events_gap_timeout_seconds: float = 30.0
 
     @field_validator("database_url")
     @classmethod
