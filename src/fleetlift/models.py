@@ -6,7 +6,7 @@ from fleetlift.db import Base
 from fleetlift.deployments.models import Deployment, DeploymentDevice
 from fleetlift.devices.models import Device
 from fleetlift.enrollment.models import EnrollmentToken
-from fleetlift.events.models import Event
+from fleetlift.events.models import Event, WebhookDelivery, WebhookSubscription
 from fleetlift.notifications.models import DeploymentLog, Notification
 from fleetlift.registries.models import RegistryCredential
 from fleetlift.releases.models import Release
@@ -29,5 +29,7 @@ __all__ = [
     "Release",
     "ReleaseArtifact",
     "Tenant",
+    "WebhookDelivery",
+    "WebhookSubscription",
     "metadata",
 ]

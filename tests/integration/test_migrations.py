@@ -26,6 +26,8 @@ TABLES = {
     "deployment_logs",
     "enrollment_tokens",
     "events",
+    "webhook_subscriptions",
+    "webhook_deliveries",
     "alembic_version",
 }
 
