@@ -26,6 +26,7 @@ from fleetlift.artifacts import routes as artifact_routes
 from fleetlift.audit import routes as audit_routes
 from fleetlift.audit import service as audit_service
 from fleetlift.auth import IssuerConfig, LocalIssuer, TokenVerifier
+from fleetlift.channels import build_device_channel
 from fleetlift.config import Settings
 from fleetlift.context import Caller
 from fleetlift.db import make_engine, make_session_factory
@@ -214,6 +215,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with contextlib.suppress(asyncio.CancelledError):
             await seen_writer
         await app.state.device_poller.query.aclose()
+        await app.state.device_channel.close()
         for client in (app.state.artifact_store, app.state.image_registry):
             close = getattr(client, "close", None)
             if close is not None:
@@ -252,6 +254,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         notifier=notifier,
         inline_reads=engine.dialect.name == "sqlite",
     )
+    # How released devices hear of it: these long polls, and with FLEETLIFT_DEVICE_CHANNEL=mqtt
+    # a message on each device's topic as well.
+    app.state.device_channel = build_device_channel(settings, notifier)
     app.state.image_checks = ImageChecks(
         registry=app.state.image_registry,
         secrets=app.state.secrets,
