@@ -37,6 +37,8 @@ from fleetlift.device_api.poll import DevicePoller, PollNotifier, install_sessio
 from fleetlift.device_api.tokens import DeviceTokens
 from fleetlift.devices import routes as device_routes
 from fleetlift.enrollment import routes as enrollment_routes
+from fleetlift.events import routes as event_routes
+from fleetlift.events.runtime import EventsRuntime
 from fleetlift.images.signatures import load_public_keys
 from fleetlift.images.vulnerabilities import VulnerabilityPolicy
 from fleetlift.logs import configure as configure_logging
@@ -175,6 +177,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             {"name": "updates", "description": "Update one device or a batch now."},
             {"name": "registries", "description": "Credentials for private image registries."},
             {"name": "audit", "description": "Who changed what, and how it ended."},
+            {"name": "events", "description": "The event log: pages, or a live Server-Sent Events stream."},
+            {"name": "webhooks", "description": "Events POSTed to your URLs, signed, retried, logged."},
             {"name": "device protocol", "description": "What devices call, with device tokens."},
             {"name": "trust", "description": "TUF metadata and targets for devices."},
             {"name": "health", "description": "Liveness, readiness, metrics."},
@@ -210,7 +214,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # collector's full passes, which otherwise walk it all and stall every request meanwhile
         # (about 0.1 s on a busy machine, the p99 of the device poll; docs/benchmarks.md).
         gc.freeze()
+        await app.state.events.start()
         yield
+        await app.state.events.stop()  # ends event streams, stops the webhook dispatcher
         seen_writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await seen_writer
@@ -265,6 +271,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         vulnerability_policy=vulnerability_policy(settings),
     )
     app.state.link_secret = link_signing_key(settings)
+    # Event streams wake after commits that emitted events; webhooks are dispatched in the background.
+    app.state.events = EventsRuntime(sessions=sessions, box=app.state.secrets, settings=settings)
 
     problems.install(app)
     for router in (
@@ -277,6 +285,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry_routes.router,
         notification_routes.router,
         enrollment_routes.router,
+        event_routes.router,
+        event_routes.webhooks,
     ):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(device_routes_protocol.router)

@@ -184,6 +184,35 @@ def operations(api: Api) -> list[tuple[str, str, dict[str, Any] | bytes | None, 
             Permission.KEYS_MANAGE,
             "forget credentials",
         ),
+        *event_operations(api),
+    ]
+
+
+def event_operations(api: Api) -> list[tuple[str, str, dict[str, Any] | bytes | None, Permission, str]]:
+    """The event log and webhooks (admins manage webhooks; every role reads events)."""
+    webhook = api.post("/webhooks", json={"url": "http://127.0.0.1:9/hook"}).json()
+    put_webhook = {"url": "http://127.0.0.1:9/hook", "description": "{unique}", "active": False}
+    return [
+        ("GET", "/events", None, Permission.EVENTS_READ, "list events"),
+        ("GET", "/webhooks", None, Permission.WEBHOOKS_READ, "list webhooks"),
+        (
+            "POST",
+            "/webhooks",
+            {"url": "http://127.0.0.1:9/hook"},
+            Permission.WEBHOOKS_WRITE,
+            "create webhook",
+        ),
+        ("GET", f"/webhooks/{webhook['id']}", None, Permission.WEBHOOKS_READ, "get webhook"),
+        ("PUT", f"/webhooks/{webhook['id']}", put_webhook, Permission.WEBHOOKS_WRITE, "replace webhook"),
+        ("DELETE", "/webhooks/whk_missing", None, Permission.WEBHOOKS_WRITE, "delete webhook"),
+        (
+            "GET",
+            f"/webhooks/{webhook['id']}/deliveries",
+            None,
+            Permission.WEBHOOKS_READ,
+            "webhook deliveries",
+        ),
+        ("POST", f"/webhooks/{webhook['id']}/ping", None, Permission.WEBHOOKS_WRITE, "ping webhook"),
     ]
 
 
