@@ -46,6 +46,8 @@ from fleetlift.notifications import routes as notification_routes
 from fleetlift.registries import routes as registry_routes
 from fleetlift.releases import routes as release_routes
 from fleetlift.releases.service import ImageChecks
+from fleetlift.rollouts import routes as rollout_routes
+from fleetlift.rollouts.reconciler import Reconciler, install_release_hooks
 from fleetlift.secrets_box import SecretBox, load_or_create_key
 from fleetlift.tenants import service as tenants
 from fleetlift.trust import routes as trust_routes
@@ -215,7 +217,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # (about 0.1 s on a busy machine, the p99 of the device poll; docs/benchmarks.md).
         gc.freeze()
         await app.state.events.start()
+        reconciler = asyncio.create_task(app.state.reconciler.run()) if settings.reconciler_enabled else None
         yield
+        if reconciler is not None:
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciler
         await app.state.events.stop()  # ends event streams, stops the webhook dispatcher
         seen_writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -263,6 +270,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # How released devices hear of it: these long polls, and with FLEETLIFT_DEVICE_CHANNEL=mqtt
     # a message on each device's topic as well.
     app.state.device_channel = build_device_channel(settings, notifier)
+    # Rollouts move forward in the reconciler; devices a request's transaction released (a
+    # deployment started, an action) are told through the channel after its commit too.
+    app.state.reconciler = Reconciler(
+        sessions=sessions, channel=app.state.device_channel, interval=settings.reconcile_interval_seconds
+    )
+    install_release_hooks(sessions, app.state.reconciler.notify_soon)
     app.state.image_checks = ImageChecks(
         registry=app.state.image_registry,
         secrets=app.state.secrets,
@@ -281,6 +294,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         device_routes.router,
         deployment_routes.triggers,
         deployment_routes.router,
+        rollout_routes.router,
         audit_routes.router,
         registry_routes.router,
         notification_routes.router,

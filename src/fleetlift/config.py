@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     page_size_default: int = 50
     page_size_max: int = 1000
     batch_max_devices: int = 10_000
+    # The reconciler moves rollouts forward (docs/rollouts.md): a pass when a device reports an
+    # outcome or an operator acts, and at least this often. Every replica may run it.
+    reconciler_enabled: bool = True
+    reconcile_interval_seconds: float = Field(default=1.0, gt=0)
     # How devices hear that a rollout released them: the built-in long poll (always on), or also a
     # "check now" message per device through an MQTT broker (docs/mqtt.md). The URL holds the
     # broker password: mqtt[s]://user:password@host[:port].

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ColumnElement,
     CursorResult,
     Engine,
+    Insert,
     Select,
     and_,
     bindparam,
@@ -35,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from fleetlift.deployments.models import Deployment, DeploymentDevice
 from fleetlift.deployments.rules import (
+    CANCELLABLE,
     FAILURES,
     PHASES_FOR_STATUS,
     TERMINAL,
@@ -109,27 +111,26 @@ def _not_on_release(release: Release) -> ColumnElement[bool]:
     return or_(Device.release_id.is_(None), Device.release_id != release.id)
 
 
-def assign_devices(
+def _assignment(
     session: Session,
     *,
     deployment: Deployment,
     eligibility: Eligibility,
     skip_already_installed: bool,
     now: datetime,
-) -> int:
-    """Add every eligible, not yet assigned device to the deployment in one INSERT ... SELECT.
-
-    Devices already on the release are either left out (update triggers) or recorded straight as
-    ``already_installed`` (deployments, so their reports show the whole target)."""
+    initial: DeviceUpdateState,
+    wave: int,
+) -> Insert:
+    """The INSERT ... SELECT that adds every eligible, not yet assigned device to the deployment."""
     release = eligibility.release
     where = and_(_targets(session, deployment.tenant_id, eligibility), _compatible(session, release))
     if skip_already_installed:
         where = and_(where, _not_on_release(release))
-        state: ColumnElement[str] = literal(DeviceUpdateState.PENDING.value)
+        state: ColumnElement[str] = literal(initial.value)
     else:
         state = case(
             (Device.release_id == release.id, literal(DeviceUpdateState.ALREADY_INSTALLED.value)),
-            else_=literal(DeviceUpdateState.PENDING.value),
+            else_=literal(initial.value),
         )
     already_assigned = exists().where(
         DeploymentDevice.tenant_id == deployment.tenant_id,
@@ -142,15 +143,57 @@ def assign_devices(
         Device.id,
         state,
         literal(0),
+        literal(wave),
         literal(now, type_=DeploymentDevice.__table__.c.updated_at.type),
     ).where(where, not_(already_assigned))
-    result = session.execute(
-        insert(DeploymentDevice).from_select(
-            ["tenant_id", "deployment_id", "device_id", "state", "attempts", "updated_at"], source
-        ),
-        execution_options={"preserve_rowcount": True},
+    return insert(DeploymentDevice).from_select(
+        ["tenant_id", "deployment_id", "device_id", "state", "attempts", "wave", "updated_at"], source
     )
+
+
+def assign_devices(
+    session: Session,
+    *,
+    deployment: Deployment,
+    eligibility: Eligibility,
+    skip_already_installed: bool,
+    now: datetime,
+    initial: DeviceUpdateState = DeviceUpdateState.PENDING,
+    wave: int = 0,
+) -> int:
+    """Add every eligible, not yet assigned device to the deployment in one INSERT ... SELECT, in
+    state ``initial`` (``waiting`` for a rollout, whose waves release them) and wave ``wave``.
+
+    Devices already on the release are either left out (update triggers) or recorded straight as
+    ``already_installed`` (deployments, so their reports show the whole target)."""
+    statement = _assignment(
+        session,
+        deployment=deployment,
+        eligibility=eligibility,
+        skip_already_installed=skip_already_installed,
+        now=now,
+        initial=initial,
+        wave=wave,
+    )
+    result = session.execute(statement, execution_options={"preserve_rowcount": True})
     return cast("CursorResult[Any]", result).rowcount or 0
+
+
+def join_devices(
+    session: Session, *, deployment: Deployment, eligibility: Eligibility, now: datetime, wave: int
+) -> list[tuple[str, str]]:
+    """Add the eligible devices that are not assigned yet (a dynamic rollout's newcomers) as
+    ``waiting`` in ``wave``, in one INSERT ... SELECT; their IDs and states."""
+    statement = _assignment(
+        session,
+        deployment=deployment,
+        eligibility=eligibility,
+        skip_already_installed=False,
+        now=now,
+        initial=DeviceUpdateState.WAITING,
+        wave=wave,
+    ).returning(DeploymentDevice.device_id, DeploymentDevice.state)
+    return [(device_id, state) for device_id, state in session.execute(statement)]
 
 
 def count_eligible(session: Session, *, tenant_id: str, eligibility: Eligibility) -> int:
@@ -264,19 +307,21 @@ def get_device_state(
     return session.get(DeploymentDevice, (tenant_id, deployment_id, device_id))
 
 
-def cancel_unstarted(session: Session, *, deployment: Deployment, now: datetime) -> int:
-    """Cancel every device of the deployment that has not started changing itself."""
-    result = session.execute(
+def cancel_unstarted(session: Session, *, deployment: Deployment, now: datetime) -> list[tuple[str, int]]:
+    """Cancel every device of the deployment that has not started installing; (device, wave) of each.
+    Devices installing, rebooting or verifying finish what they started."""
+    rows = session.execute(
         update(DeploymentDevice)
         .where(
             DeploymentDevice.tenant_id == deployment.tenant_id,
             DeploymentDevice.deployment_id == deployment.id,
-            DeploymentDevice.state.in_([DeviceUpdateState.PENDING.value, DeviceUpdateState.NOTIFIED.value]),
+            DeploymentDevice.state.in_(sorted(state.value for state in CANCELLABLE)),
         )
         .values(state=DeviceUpdateState.CANCELLED.value, detail="deployment cancelled", updated_at=now)
-        .execution_options(synchronize_session=False, preserve_rowcount=True)
+        .returning(DeploymentDevice.device_id, DeploymentDevice.wave)
+        .execution_options(synchronize_session=False)
     )
-    return cast("CursorResult[Any]", result).rowcount or 0
+    return [(device_id, wave) for device_id, wave in rows]
 
 
 def device_history(
@@ -311,11 +356,13 @@ class PollRow:
     state: str | None
     release_id: str | None
     release_row_version: int | None
+    mode: str | None = None  # the rollout policy's mode: "forced" or "soft" (None: soft)
 
 
 def _poll_statement() -> Select[Any]:
-    """The device row, outer-joined to its unfinished deployment rows, the live ones among their
-    deployments (active, started, not deleted) and their releases, best first: the SQL twin of
+    """The device row, outer-joined to its unfinished, released deployment rows (never ``waiting``),
+    the live ones among their deployments (active, started, not deleted) and their releases, best
+    first, with the rollout's mode (forced or soft): the SQL twin of
     ``rules.effective_deployment`` (highest priority, newest among equals). A row whose deployment
     is not live has NULL deployment columns and sorts last. Built once: every poll runs the same
     cached statement.
@@ -326,7 +373,9 @@ def _poll_statement() -> Select[Any]:
     devices, links = Device.__table__.c, DeploymentDevice.__table__.c
     deployments, releases = Deployment.__table__.c, Release.__table__.c
     now = bindparam("now", type_=Deployment.__table__.c.start_at.type)
-    terminal: list[ColumnElement[str]] = [literal_column(f"'{state}'") for state in sorted(_TERMINAL)]
+    # Finished rows, and rows whose wave has not released them yet, are never offered.
+    unoffered = sorted([*_TERMINAL, DeviceUpdateState.WAITING.value])
+    terminal: list[ColumnElement[str]] = [literal_column(f"'{state}'") for state in unoffered]
     joined = (
         Device.__table__.outerjoin(
             DeploymentDevice.__table__,
@@ -360,6 +409,7 @@ def _poll_statement() -> Select[Any]:
             links.state,
             deployments.release_id,
             releases.row_version,
+            Deployment.__table__.c.policy["mode"].as_string(),
         )
         .select_from(joined)
         .where(devices.tenant_id == bindparam("tenant_id"), devices.id == bindparam("device_id"))
@@ -551,9 +601,10 @@ def advance_device_state(
     current: DeviceUpdateState,
     new: DeviceUpdateState,
     now: datetime,
-) -> bool:
-    """Move one device's state from ``current`` to ``new`` unless something else moved it first."""
-    result = session.execute(
+) -> int | None:
+    """Move one device's state from ``current`` to ``new`` unless something else moved it first;
+    the device's wave when it moved, ``None`` when it did not."""
+    return session.scalar(
         update(DeploymentDevice)
         .where(
             DeploymentDevice.tenant_id == tenant_id,
@@ -562,6 +613,6 @@ def advance_device_state(
             DeploymentDevice.state == current.value,
         )
         .values(state=new.value, updated_at=now)
-        .execution_options(synchronize_session=False, preserve_rowcount=True)
+        .returning(DeploymentDevice.wave)
+        .execution_options(synchronize_session=False)
     )
-    return (cast("CursorResult[Any]", result).rowcount or 0) > 0

@@ -22,10 +22,13 @@ from fleetlift.deployments.schemas import (
     DeploymentDeviceRead,
     DeploymentRead,
     DeploymentReplace,
+    RolloutRead,
     SingleUpdateRequest,
     SingleUpdateResult,
+    WaveRead,
 )
 from fleetlift.etags import etag_of
+from fleetlift.rollouts import service as rollouts
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 triggers = APIRouter(prefix="/devices", tags=["updates"])
@@ -39,6 +42,15 @@ def _intent(action: str) -> AuditIntent:
 
 def _read(view: service.DeploymentView) -> DeploymentRead:
     deployment = view.deployment
+    rollout = RolloutRead(
+        state=deployment.rollout_state,
+        current_wave=deployment.current_wave,
+        wave_count=deployment.wave_count,
+        soak_until=deployment.soak_until,
+        approved_through=deployment.approved_through,
+        halted_reason=deployment.halted_reason,
+        waves=[WaveRead(**vars(wave)) for wave in view.waves],
+    )
     return DeploymentRead(
         id=deployment.id,
         name=deployment.name,
@@ -50,15 +62,22 @@ def _read(view: service.DeploymentView) -> DeploymentRead:
         start_at=deployment.start_at,
         device_counts={state.value: count for state, count in sorted(view.counts.items())},
         total_devices=sum(view.counts.values()),
+        policy=rollouts.policy_of(deployment),
+        rollout=rollout,
+        parent_deployment_id=deployment.parent_deployment_id,
         created_by=deployment.created_by,
         created_at=deployment.created_at,
         updated_at=deployment.updated_at,
     )
 
 
-def _with_etag(response: Response, view: service.DeploymentView) -> DeploymentRead:
+def with_etag(response: Response, view: service.DeploymentView) -> DeploymentRead:
+    """The deployment as the API shows it, its ETag in the response headers."""
     response.headers["ETag"] = etag_of(view.deployment.row_version)
     return _read(view)
+
+
+_with_etag = with_etag
 
 
 @router.get(
@@ -101,7 +120,12 @@ def list_deployments(
         "compatible device at once (devices already on the release are recorded as "
         "`already_installed`); a `draft` is assigned when it is started. Explicit devices that "
         "cannot run the release are refused (409) with the reason per device. Where deployments "
-        "overlap, a device follows the highest priority, then the newest.",
+        "overlap, a device follows the highest priority, then the newest. The `policy` makes it a "
+        "rollout: waves (canary IDs, percent, count, tag values) with success and error "
+        "thresholds, soak times and approval gates, a concurrency limit, maintenance windows, "
+        "forced or soft mode, rollback on errors, device timeouts and dynamic targeting; devices "
+        "wait (`waiting`) until their wave releases them. The empty policy releases every device "
+        "at once.",
         errors=(400, 409, 413, 415),
         extra_permission_note=" Creating it `active` needs `deployments:control` (operator, admin).",
     ),
@@ -205,8 +229,8 @@ def list_deployment_devices(
     state: Annotated[
         str | None,
         Query(
-            pattern="^(pending|notified|downloading|downloaded|installing|rebooting|verifying|succeeded"
-            "|failed|rolled_back|already_installed|cancelled)$"
+            pattern="^(waiting|pending|notified|downloading|downloaded|installing|rebooting|verifying"
+            "|succeeded|failed|rolled_back|already_installed|cancelled|timed_out)$"
         ),
     ] = None,
 ) -> Page[DeploymentDeviceRead]:
@@ -220,6 +244,8 @@ def list_deployment_devices(
                 state=row.state,
                 detail=row.detail,
                 attempts=row.attempts,
+                wave=row.wave,
+                released_at=row.released_at,
                 updated_at=row.updated_at,
             )
             for row in result.items

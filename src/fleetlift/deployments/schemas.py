@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from fleetlift.api.common import DeviceId, Labels, Name, ResourceId, StrictModel
+from fleetlift.rollouts.schemas import RolloutPolicy
 
 Condition = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 Priority = Annotated[int, Field(ge=0, le=1_000_000, description="Higher wins where deployments overlap.")]
@@ -46,6 +47,12 @@ class DeploymentCreate(StrictModel):
     labels: Labels = Field(default_factory=dict)
     status: Literal["draft", "active"] = "active"
     start_at: AwareDatetime | None = Field(default=None, description="Scheduled start (UTC ISO 8601).")
+    policy: RolloutPolicy = Field(
+        default_factory=RolloutPolicy,
+        description="How the rollout reaches the devices (waves, concurrency, maintenance windows, "
+        "mode, rollback, device timeout, dynamic targeting); empty: every device at once. "
+        "See docs/rollouts.md.",
+    )
 
 
 class DeploymentReplace(StrictModel):
@@ -63,6 +70,9 @@ class DeploymentReplace(StrictModel):
     labels: Labels = Field(default_factory=dict)
     status: Literal["draft", "active", "paused", "cancelled"]
     start_at: AwareDatetime | None = None
+    policy: RolloutPolicy | None = Field(
+        default=None, description="The rollout policy; changes only while a draft. Omitted: kept as it is."
+    )
 
 
 DeploymentStatusName = Literal["draft", "scheduled", "active", "paused", "completed", "cancelled", "failed"]
@@ -84,6 +94,31 @@ DeviceStateName = Literal[
 ]
 
 
+RolloutStateName = Literal["pending", "wave_open", "soaking", "awaiting_approval", "halted", "finished"]
+
+
+class WaveRead(BaseModel):
+    index: int
+    name: str
+    devices: int
+    succeeded: int = Field(description="Succeeded or already on the release.")
+    failed: int = Field(description="Failed, rolled back or timed out.")
+    in_flight: int = Field(description="Released, no outcome yet.")
+    waiting: int = Field(description="Not released yet.")
+
+
+class RolloutRead(BaseModel):
+    """Where the reconciler has taken the rollout (read-only)."""
+
+    state: RolloutStateName
+    current_wave: int = Field(description="The wave opened last (-1 while the first awaits approval).")
+    wave_count: int
+    soak_until: datetime | None
+    approved_through: int = Field(description="The highest wave index an operator approved (-1: none).")
+    halted_reason: str | None
+    waves: list[WaveRead]
+
+
 class DeploymentRead(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -95,6 +130,27 @@ class DeploymentRead(BaseModel):
                     "start_at": None,
                     "device_counts": {"pending": 120, "installing": 3, "succeeded": 877},
                     "total_devices": 1000,
+                    "policy": {},
+                    "rollout": {
+                        "state": "wave_open",
+                        "current_wave": 0,
+                        "wave_count": 1,
+                        "soak_until": None,
+                        "approved_through": -1,
+                        "halted_reason": None,
+                        "waves": [
+                            {
+                                "index": 0,
+                                "name": "all devices",
+                                "devices": 1000,
+                                "succeeded": 877,
+                                "failed": 0,
+                                "in_flight": 123,
+                                "waiting": 0,
+                            }
+                        ],
+                    },
+                    "parent_deployment_id": None,
                     "created_by": "alice",
                     "created_at": "2026-11-24T09:00:00Z",
                     "updated_at": "2026-11-24T09:00:00Z",
@@ -113,6 +169,11 @@ class DeploymentRead(BaseModel):
     start_at: datetime | None
     device_counts: dict[DeviceStateName, int] = Field(description="Targeted devices per update state.")
     total_devices: int
+    policy: RolloutPolicy
+    rollout: RolloutRead
+    parent_deployment_id: str | None = Field(
+        default=None, description="For a rollback deployment: the deployment whose failures it undoes."
+    )
     created_by: str
     created_at: datetime
     updated_at: datetime
@@ -127,6 +188,8 @@ class DeploymentDeviceRead(BaseModel):
                     "state": "installing",
                     "detail": None,
                     "attempts": 1,
+                    "wave": 0,
+                    "released_at": "2026-11-24T09:01:00Z",
                     "updated_at": "2026-11-24T09:03:12Z",
                 }
             ]
@@ -137,6 +200,8 @@ class DeploymentDeviceRead(BaseModel):
     state: DeviceStateName
     detail: str | None
     attempts: int
+    wave: int = 0
+    released_at: datetime | None = None
     updated_at: datetime
 
 

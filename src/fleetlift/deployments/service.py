@@ -34,37 +34,52 @@ from fleetlift.deployments.schemas import (
 )
 from fleetlift.devices import repository as devices
 from fleetlift.devices.models import Device
-from fleetlift.errors import Conflict, FieldError, Incompatible, InvalidInput, NotFound
+from fleetlift.errors import Conflict, FieldError, IllegalTransition, Incompatible, InvalidInput, NotFound
 from fleetlift.etags import check_if_match
+from fleetlift.events import repository as events
 from fleetlift.ids import new_id
 from fleetlift.pagination import Page, PageRequest, page_of
 from fleetlift.releases import repository as releases
 from fleetlift.releases import service as releases_service
 from fleetlift.releases.models import Release
+from fleetlift.rollouts import repository as rollout_repository
+from fleetlift.rollouts import service as rollouts
+from fleetlift.rollouts.rules import RolloutState
 from fleetlift.targeting import parse_condition, render_condition
 
 
 @dataclass(frozen=True)
 class DeploymentView:
-    """A deployment with its derived status and per-state device counts."""
+    """A deployment with its derived status, per-state device counts and per-wave progress."""
 
     deployment: Deployment
     status: DeploymentStatus
     counts: dict[DeviceUpdateState, int]
+    waves: list[rollouts.WaveSummary]
 
 
-def _view(session: Session, deployment: Deployment, now: datetime) -> DeploymentView:
-    counts = repository.counts_by_state(
+def view_of(session: Session, deployment: Deployment, now: datetime) -> DeploymentView:
+    """The deployment as the API shows it: counts per state and per wave from one grouped query."""
+    counts = rollout_repository.wave_state_counts(
         session, tenant_id=deployment.tenant_id, deployment_ids=[deployment.id]
     ).get(deployment.id, {})
     return _view_from(deployment, counts, now)
 
 
-def _view_from(deployment: Deployment, counts: dict[DeviceUpdateState, int], now: datetime) -> DeploymentView:
+_view = view_of
+
+
+def _view_from(
+    deployment: Deployment, per_wave: rollout_repository.WaveCounts, now: datetime
+) -> DeploymentView:
+    counts: dict[DeviceUpdateState, int] = {}
+    for states in per_wave.values():
+        for state, n in states.items():
+            counts[state] = counts.get(state, 0) + n
     status = rules.deployment_status(
         phase=Phase(deployment.phase), counts=counts, start_at=deployment.start_at, now=now
     )
-    return DeploymentView(deployment, status, counts)
+    return DeploymentView(deployment, status, counts, rollouts.wave_summaries(deployment, per_wave))
 
 
 def _load(session: Session, caller: Caller, deployment_id: str) -> Deployment:
@@ -152,7 +167,7 @@ def list_deployments(
         session, tenant_id=caller.tenant_id, filters=filters, page=page, now=now
     )
     cut = page_of(rows, page, lambda deployment: [deployment.id])
-    counts = repository.counts_by_state(
+    counts = rollout_repository.wave_state_counts(
         session, tenant_id=caller.tenant_id, deployment_ids=[d.id for d in cut.items]
     )
     return Page(
@@ -171,6 +186,7 @@ def create(*, session: Session, caller: Caller, data: DeploymentCreate) -> Deplo
         releases_service.ensure_deployable(release)
     device_ids = list(dict.fromkeys(data.target.device_ids))
     _check_explicit_targets(session, caller, release, device_ids)
+    rollouts.check_policy(session, tenant_id=caller.tenant_id, policy=data.policy)
     now = utcnow()
     deployment = Deployment(
         tenant_id=caller.tenant_id,
@@ -186,18 +202,23 @@ def create(*, session: Session, caller: Caller, data: DeploymentCreate) -> Deplo
         created_by=caller.subject,
         created_at=now,
         updated_at=now,
+        policy=rollouts.stored_policy(data.policy),
     )
     repository.add(session, deployment)
     session.flush()
+    rollout_repository.emit(
+        session,
+        deployment=deployment,
+        type="deployment.created",
+        now=now,
+        data={"release_id": release.id, "status": phase.value},
+    )
     assigned = 0
     if phase is Phase.ACTIVE:
-        assigned = repository.assign_devices(
-            session,
-            deployment=deployment,
-            eligibility=_eligibility(session, release, device_ids, condition),
-            skip_already_installed=False,
-            now=now,
+        assigned, released = rollouts.begin(
+            session, deployment=deployment, release=release, now=now, skip_already_installed=False
         )
+        rollouts.note_released(session, deployment.tenant_id, released)
     audit.record(
         session,
         caller=caller,
@@ -246,9 +267,30 @@ def replace(
     missing = rules.missing_permission(before, after, caller.permissions)
     if missing is not None:
         caller.require(missing)
+    policy = rollouts.policy_of(deployment) if data.policy is None else data.policy
+    policy_changed = rollouts.stored_policy(policy) != rollouts.stored_policy(rollouts.policy_of(deployment))
+    if policy_changed:
+        caller.require(Permission.DEPLOYMENTS_WRITE)
     rules.check_phase_change(before.phase, after.phase)
     rules.check_content_change(before.phase, before.content, after.content)
+    if policy_changed and before.phase is not Phase.DRAFT:
+        raise IllegalTransition(
+            "the rollout policy of a deployment can change only while it is a draft; "
+            "create a new deployment instead"
+        )
+    if (
+        before.phase is Phase.PAUSED
+        and after.phase is Phase.ACTIVE
+        and deployment.rollout_state == RolloutState.HALTED.value
+    ):
+        raise IllegalTransition(
+            f"the rollout halted ({deployment.halted_reason}); retry the failed devices "
+            "(POST .../retry) or cancel it"
+        )
     now = utcnow()
+    if policy_changed:
+        rollouts.check_policy(session, tenant_id=caller.tenant_id, policy=policy)
+        deployment.policy = rollouts.stored_policy(policy)
     if before.content != after.content:
         release = _release(session, caller, data.release_id)
         _check_explicit_targets(session, caller, release, device_ids)
@@ -268,15 +310,22 @@ def replace(
     if before.phase is Phase.DRAFT and after.phase is Phase.ACTIVE:
         release = _release(session, caller, deployment.release_id)
         releases_service.ensure_deployable(release)
-        details["assigned_devices"] = repository.assign_devices(
-            session,
-            deployment=deployment,
-            eligibility=_eligibility(session, release, device_ids, deployment.target_condition),
-            skip_already_installed=False,
-            now=now,
+        details["assigned_devices"], released = rollouts.begin(
+            session, deployment=deployment, release=release, now=now, skip_already_installed=False
         )
+        rollouts.note_released(session, deployment.tenant_id, released)
+    elif before.phase is Phase.ACTIVE and after.phase is Phase.PAUSED:
+        rollout_repository.emit(
+            session, deployment=deployment, type="deployment.paused", now=now, data={"by": caller.subject}
+        )
+    elif before.phase is Phase.PAUSED and after.phase is Phase.ACTIVE:
+        rollout_repository.emit(
+            session, deployment=deployment, type="deployment.resumed", now=now, data={"by": caller.subject}
+        )
+        released = rollouts.reconcile_deployment(session, deployment, now)
+        rollouts.note_released(session, deployment.tenant_id, released)
     if after.phase is Phase.CANCELLED and before.phase is not Phase.CANCELLED:
-        details["cancelled_devices"] = repository.cancel_unstarted(session, deployment=deployment, now=now)
+        details["cancelled_devices"] = rollouts.cancel_devices(session, deployment, now)
     audit.record(
         session,
         caller=caller,
@@ -307,9 +356,10 @@ def delete(
             )
         caller.require(Permission.DEPLOYMENTS_CONTROL)
         deployment.phase = Phase.CANCELLED.value
-        cancelled = repository.cancel_unstarted(session, deployment=deployment, now=now)
+        cancelled = rollouts.cancel_devices(session, deployment, now)
     deployment.deleted_at = now
     deployment.updated_at = now
+    rollout_repository.emit(session, deployment=deployment, type="deployment.deleted", now=now)
     audit.record(
         session,
         caller=caller,
@@ -363,13 +413,14 @@ def trigger_single(
         condition=None,
         priority=data.priority,
     )
-    repository.assign_devices(
+    _, released = rollouts.begin(
         session,
         deployment=deployment,
-        eligibility=Eligibility(release=release, explicit_ids=[device_id], condition=None),
-        skip_already_installed=True,
+        release=release,
         now=deployment.created_at,
+        skip_already_installed=True,
     )
+    rollouts.note_released(session, deployment.tenant_id, released)
     state = repository.get_device_state(
         session, tenant_id=caller.tenant_id, deployment_id=deployment.id, device_id=device_id
     )
@@ -415,6 +466,13 @@ def _new_trigger_deployment(
     )
     repository.add(session, deployment)
     session.flush()
+    rollout_repository.emit(
+        session,
+        deployment=deployment,
+        type="deployment.created",
+        now=now,
+        data={"release_id": release.id, "status": Phase.ACTIVE.value, "trigger": "manual"},
+    )
     return deployment
 
 
@@ -472,13 +530,14 @@ def trigger_batch(
             condition=condition,
             priority=data.priority,
         )
-        eligible = repository.assign_devices(
+        eligible, released = rollouts.begin(
             session,
             deployment=deployment,
-            eligibility=eligibility,
-            skip_already_installed=True,
+            release=release,
             now=deployment.created_at,
+            skip_already_installed=True,
         )
+        rollouts.note_released(session, deployment.tenant_id, released)
         deployment_id = deployment.id
     rejected = sum(1 for result in results if not result.accepted)
     audit.record(
@@ -520,6 +579,7 @@ def _effective(
         and deployment.phase == Phase.ACTIVE.value
         and (deployment.start_at is None or deployment.start_at <= now)
         and DeviceUpdateState(state.state) not in rules.TERMINAL
+        and state.state != DeviceUpdateState.WAITING.value
     ]
     return rules.effective_deployment(live)
 
@@ -545,6 +605,18 @@ def record_device_report(
         row.state = outcome.state.value
         row.detail = detail
         row.updated_at = utcnow()
+        data: dict[str, object] = {"state": outcome.state.value, "wave": row.wave}
+        if detail is not None:
+            data["detail"] = detail[:500]
+        events.emit(
+            session,
+            tenant_id=tenant_id,
+            type="device.update_state",
+            now=row.updated_at,
+            deployment_id=deployment_id,
+            device_id=device_id,
+            data=data,
+        )
         if outcome.state is DeviceUpdateState.SUCCEEDED:
             deployment = session.get(Deployment, (tenant_id, deployment_id))
             device = devices.get(session, tenant_id=tenant_id, device_id=device_id)

@@ -39,6 +39,7 @@ from fleetlift.device_api import repository
 from fleetlift.device_api.rules import etag_matches, poll_etag, seen_is_stale, token_refusal
 from fleetlift.device_api.tokens import DeviceClaims, DeviceTokens
 from fleetlift.errors import Unauthenticated
+from fleetlift.events import repository as events
 from fleetlift.releases import repository as releases
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class PollAnswer:
     state: str
     etag: str
     release: ReleaseView | None
+    forced: bool = False  # the rollout's mode: install as soon as possible, no deferring
 
 
 class PollNotifier:
@@ -334,7 +336,7 @@ class DevicePoller:
             if not may_write:
                 return _MUST_WRITE
             with self.sessions() as session:
-                deployments.advance_device_state(
+                wave = deployments.advance_device_state(
                     session,
                     tenant_id=claims.tenant_id,
                     deployment_id=row.deployment_id,
@@ -343,6 +345,16 @@ class DevicePoller:
                     new=outcome.state,
                     now=now,
                 )
+                if wave is not None:
+                    events.emit(
+                        session,
+                        tenant_id=claims.tenant_id,
+                        type="device.update_state",
+                        now=now,
+                        deployment_id=row.deployment_id,
+                        device_id=claims.device_id,
+                        data={"state": outcome.state.value, "wave": wave},
+                    )
                 session.commit()
         self._seen(claims, row.last_seen_at, now, may_write=may_write)
         etag = poll_etag(row.deployment_id, row.release_id, row.release_row_version)
@@ -354,7 +366,7 @@ class DevicePoller:
                 if not may_load:
                     return _MUST_WRITE
                 release = self._release(*key)
-        return PollAnswer(row.deployment_id, outcome.state.value, etag, release)
+        return PollAnswer(row.deployment_id, outcome.state.value, etag, release, forced=row.mode == "forced")
 
     def _seen(
         self, claims: DeviceClaims, last_seen_at: datetime | None, now: datetime, *, may_write: bool

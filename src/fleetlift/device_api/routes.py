@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleetlift.api.common import StrictModel, problem_responses
 from fleetlift.api.deps import SessionDep
 from fleetlift.artifacts.rules import link_signature
-from fleetlift.deployments.rules import DeviceUpdateState
+from fleetlift.deployments.rules import TERMINAL, DeviceUpdateState
 from fleetlift.device_api import service
 from fleetlift.device_api.poll import PollAnswer, ReleaseView
 from fleetlift.device_api.tokens import DeviceClaims
@@ -194,6 +194,7 @@ class UpdateInstructions(BaseModel):
                     "containers": [],
                     "files": [],
                     "poll_interval_seconds": 60,
+                    "forced": False,
                 }
             ]
         }
@@ -205,6 +206,11 @@ class UpdateInstructions(BaseModel):
     containers: list[dict[str, Any]] = Field(description="Container payloads, images pinned to digests.")
     files: list[FilePayloadInstructions]
     poll_interval_seconds: int
+    forced: bool = Field(
+        default=False,
+        description="The rollout's mode: true installs as soon as possible; false (soft) lets the "
+        "device and its hosting application defer.",
+    )
 
 
 class StatusReport(StrictModel):
@@ -256,6 +262,7 @@ def _instructions(state: Any, tenant_id: str, found: PollAnswer, release: Releas
         containers=containers,
         files=files,
         poll_interval_seconds=state.settings.device_poll_interval_seconds,
+        forced=found.forced,
     )
 
 
@@ -304,19 +311,25 @@ def poll_response(state: Any, tenant_id: str, found: PollAnswer | None) -> Respo
     response_class=Response,
     summary="Report progress",
     description="The device's progress through an update. Duplicate and late reports change "
-    "nothing; a report that could never follow the current state is a 409.",
+    "nothing; a report that could never follow the current state is a 409, and so is a report on "
+    "a deployment whose rollout has not released this device yet (its wave is waiting).",
     responses=problem_responses(400, 401, 404, 409, 413, 415),
 )
 def report_status(
-    deployment_id: str, data: StatusReport, session: SessionDep, device: CurrentDevice
+    deployment_id: str, data: StatusReport, request: Request, session: SessionDep, device: CurrentDevice
 ) -> Response:
-    service.report_status(
+    state = service.report_status(
         session=session,
         device=device,
         deployment_id=deployment_id,
         state=DeviceUpdateState(data.status),
         detail=data.detail,
     )
+    if state in TERMINAL:
+        # An outcome frees a concurrency slot and may complete a wave: the reconciler looks now.
+        reconciler = getattr(request.app.state, "reconciler", None)
+        if reconciler is not None:
+            reconciler.wake()
     return Response(status_code=204)
 
 

@@ -1,0 +1,171 @@
+"""The reconciler: the one loop that moves every rollout forward.
+
+Level-triggered, like a Kubernetes controller: each pass lists the rollouts that may have work
+(active, started, not finished) and steps each in a transaction of its own, which first locks the
+deployment's row (``rollouts.repository.lock``: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write
+lock on SQLite), then derives everything from committed state and applies the rules' decisions with
+set-based SQL (``rollouts.service.reconcile_deployment``). Only after the commit are the released
+devices told through the device channel. A pass runs when woken (a device reported an outcome, an
+operator acted) and at least every ``interval`` seconds (soak times end, windows open, devices go
+silent).
+
+Several replicas may run it on one PostgreSQL: a deployment another replica is stepping is skipped,
+and the next pass sees what that replica committed, so no wave opens twice and no device is
+released twice. ``kill -9`` at any point loses at most an uncommitted step, which the next pass
+(here or in another replica) takes again from the committed state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import anyio
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleetlift.db import utcnow
+from fleetlift.ports import DeviceChannel
+from fleetlift.rollouts import repository, service
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = 1.0
+BATCH = 500  # rollouts looked at per pass
+
+
+class Reconciler:
+    """Steps rollouts; ``run`` is its loop (in the application's lifespan), ``run_once`` and
+    ``step`` do one pass or one deployment (tests drive these with their own clock)."""
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        channel: DeviceChannel | None = None,
+        interval: float = DEFAULT_INTERVAL,
+        clock: Callable[[], datetime] = utcnow,
+        batch: int = BATCH,
+    ) -> None:
+        self.sessions = sessions
+        self.channel = channel
+        self.interval = interval
+        self.clock = clock
+        self.batch = batch
+        self.passes = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._lock = threading.Lock()
+
+    # -- one deployment, one pass ------------------------------------------------------------
+
+    def step(
+        self, tenant_id: str, deployment_id: str, *, now: datetime | None = None, skip_locked: bool = True
+    ) -> list[str]:
+        """Step one rollout in its own transaction; the devices it released (told nothing yet).
+        With ``skip_locked`` a rollout another transaction is stepping is left to it."""
+        with self.sessions() as session:
+            try:
+                deployment = repository.lock(
+                    session, tenant_id=tenant_id, deployment_id=deployment_id, skip_locked=skip_locked
+                )
+                if deployment is None:
+                    session.rollback()
+                    return []
+                released = service.reconcile_deployment(session, deployment, now or self.clock())
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+        return released
+
+    def run_once(self, now: datetime | None = None) -> dict[str, list[str]]:
+        """One pass over every rollout that may have work; released devices per tenant."""
+        now = now or self.clock()
+        with self.sessions() as session:
+            found = repository.candidates(session, now=now, limit=self.batch)
+        released: dict[str, list[str]] = defaultdict(list)
+        for tenant_id, deployment_id in found:
+            try:
+                released[tenant_id] += self.step(tenant_id, deployment_id, now=now)
+            except Exception:
+                log.exception("could not step rollout %s", deployment_id)
+        self.passes += 1
+        return {tenant: ids for tenant, ids in released.items() if ids}
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Ask for a pass now; callable from any thread (device reports commit in worker threads)."""
+        with self._lock:
+            loop, wakeup = self._loop, self._wakeup
+        if loop is None or wakeup is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody to wake
+            loop.call_soon_threadsafe(wakeup.set)
+
+    async def run(self) -> None:
+        """Pass after pass until cancelled: when woken, and at least every ``interval`` seconds."""
+        wakeup = asyncio.Event()
+        with self._lock:
+            self._loop, self._wakeup = asyncio.get_running_loop(), wakeup
+        try:
+            while True:
+                wakeup.clear()
+                try:
+                    released = await anyio.to_thread.run_sync(self.run_once)
+                except Exception:  # the database may be briefly unavailable; the next pass retries
+                    log.exception("reconciler pass failed")
+                    released = {}
+                for tenant_id, device_ids in released.items():
+                    await self.notify(tenant_id, device_ids)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), self.interval)
+        finally:
+            with self._lock:
+                self._loop, self._wakeup = None, None
+
+    # -- telling devices ---------------------------------------------------------------------
+
+    async def notify(self, tenant_id: str, device_ids: Sequence[str]) -> None:
+        """Tell released devices through the channel; a channel failure only delays them (they
+        poll anyway)."""
+        channel = self.channel
+        if channel is None or not device_ids:
+            return
+        try:
+            await channel.notify(tenant_id, list(device_ids))
+        except Exception:
+            log.exception("could not notify %d released devices", len(device_ids))
+
+    def notify_soon(self, tenant_id: str, device_ids: Sequence[str]) -> None:
+        """``notify`` from any thread, on the loop (devices released by a request's transaction)."""
+        with self._lock:
+            loop = self._loop
+        if loop is None or self.channel is None or not device_ids:
+            return
+        with contextlib.suppress(RuntimeError):
+            asyncio.run_coroutine_threadsafe(self.notify(tenant_id, list(device_ids)), loop)
+
+
+def install_release_hooks(sessions: sessionmaker[Session], notify: Callable[[str, list[str]], Any]) -> None:
+    """After a commit that released devices (``service.note_released``), call ``notify`` per tenant."""
+
+    def committed(session: Session) -> None:
+        released = session.info.pop(service.RELEASED, None)
+        for tenant_id, device_ids in (released or {}).items():
+            try:
+                notify(tenant_id, device_ids)
+            except Exception:
+                log.exception("could not hand released devices to the channel")
+
+    def rolled_back(session: Session, *_args: Any) -> None:
+        session.info.pop(service.RELEASED, None)
+
+    event.listen(sessions, "after_commit", committed)
+    event.listen(sessions, "after_soft_rollback", rolled_back)
