@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -188,6 +189,14 @@ def build(args: argparse.Namespace) -> tuple[Runner, Controller | None]:
     from fleetlift_agent.installers.script import Hooks
 
     controller = Controller(data_dir / "app-state.json") if args.app_control else None
+    wakeup = None
+    if args.mqtt_url:
+        from fleetlift_agent.mqtt import CheckSubscriber
+
+        try:
+            wakeup = CheckSubscriber(args.mqtt_url, topic_prefix=args.mqtt_topic_prefix)
+        except ValueError as error:
+            raise SystemExit(f"--mqtt-url: {error}") from None
     runner = Runner(
         client=client,
         journal=Journal(data_dir / "journal.json"),
@@ -201,6 +210,7 @@ def build(args: argparse.Namespace) -> tuple[Runner, Controller | None]:
         installers=installers,
         hooks=Hooks(args.hooks_dir or data_dir / "hooks"),
         controller=controller,
+        wakeup=wakeup,
         settings=RunnerSettings(
             poll_interval=args.poll_interval,
             long_poll=args.long_poll,
@@ -241,6 +251,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--inventory-interval", type=float, default=3600.0)
     run.add_argument("--inventory-dir", type=Path, default=None, help="Scripts printing key=value lines.")
     run.add_argument("--app-control", action="store_true", help="The hosting application confirms updates.")
+    run.add_argument(
+        "--mqtt-url",
+        default=os.environ.get("FLEETLIFT_AGENT_MQTT_URL") or None,
+        help="mqtt[s]://user:password@broker: poll at once when the server says so (docs/mqtt.md);"
+        " default: $FLEETLIFT_AGENT_MQTT_URL, which keeps the password out of the process list.",
+    )
+    run.add_argument("--mqtt-topic-prefix", default="fleetlift", help="As the server's topic prefix.")
     run.add_argument("--local-api-port", type=int, default=8765, help="Loopback port of the local API.")
     run.add_argument("--callback-url", default=None, help="Where state changes are POSTed.")
     run.add_argument("--rate-limit", type=int, default=None, help="Download bytes per second.")
@@ -285,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         local_api.start()
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        runner.stop.set()
+        runner.request_stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

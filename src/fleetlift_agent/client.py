@@ -5,6 +5,7 @@ replaced by signing a new authentication request."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -63,6 +64,17 @@ def _problem_detail(body: bytes) -> str:
     return str(document)
 
 
+def _token_tenant(token: str) -> str | None:
+    """The tenant a device token names (its ``tenant`` claim), read without checking the signature:
+    the token came from the server over this connection, and the tenant only names an MQTT topic."""
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    except (IndexError, ValueError):
+        return None
+    tenant = claims.get("tenant") if isinstance(claims, dict) else None
+    return tenant if isinstance(tenant, str) else None
+
+
 class DeviceClient:
     def __init__(self, server: str, key: DeviceKey, auth: AuthSettings, *, timeout: float = 30) -> None:
         self.server = server.rstrip("/")
@@ -70,6 +82,7 @@ class DeviceClient:
         self.auth = auth
         self.timeout = timeout
         self.device_id: str | None = None
+        self.tenant_id: str | None = None  # from the device token, once authenticated
         self._token: str | None = None
         self._token_expires = 0.0
         self._lock = threading.Lock()
@@ -130,6 +143,7 @@ class DeviceClient:
         with self._lock:
             self.device_id = str(answer["device_id"])
             self._token = str(answer["token"])
+            self.tenant_id = _token_tenant(self._token) or self.auth.tenant
             # Renew a little before the server would refuse it (clock skew, slow links).
             lifetime = max(expires_at - time.time(), 0)
             self._token_expires = time.monotonic() + lifetime * 0.9

@@ -67,6 +67,14 @@ class Rebooter(Protocol):
     def reboot(self) -> None: ...
 
 
+class Wakeup(Protocol):
+    """Tells the agent to poll now (``mqtt.CheckSubscriber``): watched once the device ID is known."""
+
+    def watch(self, tenant_id: str, device_id: str, wake: Callable[[], None]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class UpdateFailed(Exception):
     """The update cannot go on; ``status`` is what the server is told (failed or rolled_back)."""
 
@@ -103,12 +111,15 @@ class Runner:
     settings: RunnerSettings = field(default_factory=RunnerSettings)
     data_dir: Path = Path(".")
     stop: threading.Event = field(default_factory=threading.Event)
+    wakeup: Wakeup | None = None
 
     _server_interval: int = 60
     _failures: int = 0
     _etag: str | None = None
     _inventory_sent_at: float = 0.0
     _state_changed: threading.Event = field(default_factory=threading.Event)
+    _woken: threading.Event = field(default_factory=threading.Event)
+    _watching: bool = False
 
     def __post_init__(self) -> None:
         if self.controller is not None:
@@ -119,9 +130,51 @@ class Runner:
     def run(self) -> None:
         """Run until ``stop`` is set. Raises ``RebootRequested`` when the device must boot again."""
         self.recover()
-        while not self.stop.is_set():
-            delay = self.cycle()
+        try:
+            while not self.stop.is_set():
+                delay = self.cycle()
+                self._watch_for_wakeups()
+                self.pause(delay)
+        finally:
+            if self.wakeup is not None:
+                self.wakeup.close()
+
+    def wake(self) -> None:
+        """Poll now instead of at the end of the current wait (any thread may call it)."""
+        self._woken.set()
+
+    def request_stop(self) -> None:
+        """Stop after the current step (any thread, signal handlers included)."""
+        self.stop.set()
+        self._woken.set()
+
+    def pause(self, delay: float) -> None:
+        """Wait ``delay`` seconds, less when stopped or woken (a wake-up during the cycle counts)."""
+        if self.wakeup is None:
             self.stop.wait(delay)
+            return
+        deadline = time.monotonic() + delay
+        while not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            # Slices of a second at most: a stop set without request_stop() is noticed too.
+            if self._woken.wait(min(remaining, 1.0)):
+                self._woken.clear()
+                if not self.stop.is_set():
+                    log.debug("woken up: polling now")
+                return
+
+    def _watch_for_wakeups(self) -> None:
+        """Once authenticated, the device ID and tenant name the topic to subscribe to."""
+        if self.wakeup is None or self._watching or self.client.device_id is None:
+            return
+        self._watching = True
+        tenant = self.client.tenant_id or self.client.auth.tenant or "default"
+        try:
+            self.wakeup.watch(tenant, self.client.device_id, self.wake)
+        except Exception as error:  # optional: without it the agent polls as before
+            log.warning("cannot listen for check messages: %s", error)
 
     def cycle(self) -> float:
         """One round: catch up with the server, poll, work on what it offers. The seconds to wait."""
@@ -300,7 +353,10 @@ class Runner:
                 self.progress(deployment_id, "downloaded")
                 self._app(Event.DOWNLOADED)
             if self.journal.current is not None and self.journal.current["phase"] == "downloaded":
-                self._wait_for_confirmation(update)
+                if instructions.get("forced") is True:
+                    self._force(update)
+                else:
+                    self._wait_for_confirmation(update)
                 self.journal.set_phase("installing")
             current = self.journal.current
             assert current is not None
@@ -424,6 +480,15 @@ class Runner:
                 continue
             self._state_changed.wait(1.0)
         raise TryAgainLater("stopping while waiting for the application")
+
+    def _force(self, update: Update) -> None:
+        """A forced deployment: applied as soon as it is downloaded, without asking the application
+        (which hears the move to APPLYING_* through the local API's callback)."""
+        if self.controller is None:
+            return
+        if self.controller.state.phase not in (Phase.APPLYING_PATCH, Phase.APPLYING_BASE):
+            self._note("forced update: applying without the application's confirmation")
+            self._app(Event.FORCED)
 
     # --- install, verify, commit, roll back -----------------------------------------------
 

@@ -11,6 +11,8 @@ update may be applied; the agent downloads in the background and asks before it 
     INTRANSIT_BASE ──downloaded──▶ READY_WITHBASE ──announce──▶ WAIT_CONFIRM_BASE
     WAIT_CONFIRM_BASE ──confirm-base──▶ APPLYING_BASE ──rebooted──▶ READY
     any waiting state ──busy──▶ BUSY (downloads go on; nothing is applied)
+    BUSY or any waiting state, the download complete ──forced──▶ APPLYING_PATCH | APPLYING_BASE
+                     (a forced deployment: applied without the application's confirmation)
 
 A patch is a partial update (binaries, configuration, container images, scripts, connection
 settings); a base is the full baseline image.
@@ -59,6 +61,7 @@ class Event(StrEnum):
     INTEGRITY_OK = "integrity-ok"
     INTEGRITY_FAILED = "integrity-failed"
     REBOOTED = "rebooted"
+    FORCED = "forced"  # the deployment is forced: apply the downloaded update without confirmation
 
 
 class IllegalTransition(Exception):
@@ -132,6 +135,13 @@ def transition(state: AgentState, event: Event) -> AgentState:
         if phase is not Phase.WAIT_CONFIRM_BASE:
             raise IllegalTransition(f"no base is waiting for confirmation ({phase.value})")
         return replace(state, phase=Phase.APPLYING_BASE)
+    if event is Event.FORCED:
+        applying = {Pending.PATCH_READY: Phase.APPLYING_PATCH, Pending.BASE_READY: Phase.APPLYING_BASE}
+        if pending not in applying:
+            raise IllegalTransition(f"nothing downloaded to apply ({pending.value})")
+        if phase in APPLYING:
+            raise IllegalTransition(f"the device is {phase.value} already")
+        return replace(state, phase=applying[pending])
     if event is Event.INTEGRITY_OK:
         if phase is not Phase.APPLYING_PATCH:
             raise IllegalTransition(f"no patch is being applied ({phase.value})")
