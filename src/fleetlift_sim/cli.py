@@ -28,6 +28,8 @@ examples:
   fleetlift-sim --server http://127.0.0.1:8080 --devices 50 --enrollment-token TOKEN --duration 60
   fleetlift-sim --devices 10000 --ramp 60 --enrollment-token TOKEN --state-file fleet.json
   fleetlift-sim --devices 200 --failure-rate 0.1 --rollback-rate 0.05 --download --json
+  fleetlift-sim --tokens-file tokens.txt --devices 10000 --long-poll 30 \\
+      --failing-devices 0.1 --failing-version 2.0.0 --seed 7 --json --per-device
 """
 
 
@@ -88,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(and keep retrying with backoff) until an operator accepts them.",
     )
     fleet.add_argument(
+        "--tokens-file",
+        metavar="PATH",
+        type=Path,
+        help="Pre-admitted devices: one 'DEVICE_ID TOKEN' per line (device tokens the server issued, "
+        "e.g. minted by a test or benchmark). These devices never authenticate; --devices caps how "
+        "many lines are used.",
+    )
+    fleet.add_argument(
         "--state-file",
         metavar="PATH",
         type=Path,
@@ -115,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_rate,
         default=0.1,
         help="Vary each poll interval by up to this fraction.",
+    )
+    timing.add_argument(
+        "--long-poll",
+        metavar="SECONDS",
+        type=int,
+        default=0,
+        help="Long-poll: the server holds each poll up to this many seconds (max 60) and answers "
+        "as soon as an update is released to the device; the next poll follows at once. Each "
+        "device holds a connection open meanwhile (0: plain polls at the interval).",
     )
     timing.add_argument(
         "--duration",
@@ -173,6 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="Probability an update is rolled back after verifying fails; the log is uploaded.",
     )
     updates.add_argument(
+        "--failing-devices",
+        metavar="SHARE",
+        type=_rate,
+        help="Exactly round(SHARE x devices) devices, chosen with --seed, fail their updates "
+        "(instead of drawing failures per update at --failure-rate): a repeatable 10%% of a fleet.",
+    )
+    updates.add_argument(
+        "--failing-version",
+        metavar="VERSION",
+        help="With --failing-devices: they fail only updates to this release version (and, say, "
+        "roll back to another one fine).",
+    )
+    updates.add_argument(
+        "--defer",
+        metavar="SECONDS",
+        type=_seconds,
+        default=0.0,
+        help="A soft update (the deployment is not forced) waits this long (x0.5-1.5) before it "
+        "starts, as when the hosting application defers it; forced updates start at once.",
+    )
+    updates.add_argument(
         "--notify-rate",
         metavar="P",
         type=_rate,
@@ -200,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Print a progress line to stderr every this many seconds (0: only the final summary).",
     )
     run.add_argument("--json", action="store_true", help="Print the final summary as JSON.")
+    run.add_argument(
+        "--per-device",
+        action="store_true",
+        help="The JSON summary lists every device (by device ID): updates started per deployment, "
+        "outcomes, offers after a success, releases installed.",
+    )
     run.add_argument("--seed", metavar="N", type=int, help="Seed the random choices for a repeatable run.")
     return parser
 
@@ -217,11 +263,15 @@ def settings_from(arguments: argparse.Namespace) -> SimSettings:
         ramp_seconds=arguments.ramp,
         poll_interval_seconds=arguments.poll_interval,
         poll_jitter=arguments.poll_jitter,
+        long_poll_seconds=arguments.long_poll,
         download_files=arguments.download,
         download_seconds=arguments.download_time,
         install_seconds=arguments.install_time,
         reboot_seconds=arguments.reboot_time,
         failure_rate=arguments.failure_rate,
+        failing_devices=arguments.failing_devices,
+        failing_version=arguments.failing_version,
+        defer_seconds=arguments.defer,
         rollback_rate=arguments.rollback_rate,
         notify_rate=arguments.notify_rate,
         connections=arguments.connections,
@@ -230,6 +280,8 @@ def settings_from(arguments: argparse.Namespace) -> SimSettings:
         duration_seconds=arguments.duration,
         stats_interval_seconds=arguments.stats_interval,
         seed=arguments.seed,
+        tokens_file=arguments.tokens_file,
+        per_device=arguments.per_device,
     )
 
 

@@ -1,6 +1,8 @@
-"""One virtual device: authenticate (waiting while pending), poll at the suggested interval with
-jitter and ETags, walk an offered update through the reports a real agent sends, back off when the
-server does not answer. Installers are simulated; downloads are simulated or real (with Range)."""
+"""One virtual device: authenticate (waiting while pending) or use a token handed to it, poll at
+the suggested interval with jitter and ETags (or long-poll), walk an offered update through the
+reports a real agent sends, back off when the server does not answer. Installers are simulated;
+downloads are simulated or real (with Range). Each device keeps count of the updates it started
+per deployment, so a run can show that none was installed twice."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import contextlib
 import hashlib
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +31,9 @@ DEFAULT_POLL_INTERVAL_SECONDS = 60.0
 TOKEN_RENEWAL_POINT = 0.8
 DOWNLOAD_RETRIES = 5
 FAILING_STEPS = ("downloading", "installing", "verifying")
+FAILURES = frozenset({"failed", "rolled_back"})
+# The poll answers' states that mean "start (again)": the server released the device, or retried it.
+FRESH_STATES = frozenset({"pending", "notified"})
 FAILURE_REASONS = {
     "downloading": "download interrupted: connection reset by peer",
     "installing": "installer exited with status 1: dependency conflict",
@@ -77,13 +83,19 @@ class UpdateLog:
 class VirtualDevice:
     __slots__ = (
         "auth_request",
+        "device_id",
         "etag",
+        "fails",
         "failures",
         "finished",
+        "fixed_token",
         "fleet",
         "identity",
+        "installs",
         "offer",
+        "outcomes",
         "protocol",
+        "reoffers",
         "reported_inventory",
         "server_poll_interval",
         "state",
@@ -92,22 +104,52 @@ class VirtualDevice:
         "token_valid_until",
     )
 
-    def __init__(self, identity: SimIdentity, fleet: FleetContext, protocol: DeviceProtocol) -> None:
+    def __init__(
+        self,
+        identity: SimIdentity,
+        fleet: FleetContext,
+        protocol: DeviceProtocol,
+        *,
+        token: tuple[str, str] | None = None,
+        fails: bool = False,
+    ) -> None:
         self.identity = identity
         self.fleet = fleet
         self.protocol = protocol
         self.state = DeviceState.STARTING
         fleet.stats.move(None, self.state)
         self.auth_request: tuple[bytes, str] | None = None  # signed on first use, then reused
-        self.token: str | None = None
-        self.token_renew_at = 0.0
-        self.token_valid_until = 0.0
+        # A pre-admitted device (--tokens-file): its ID and token, never renewed.
+        self.fixed_token = token
+        self.device_id: str | None = None if token is None else token[0]
+        self.fails = fails  # one of the devices --failing-devices chose
+        self.token: str | None = None if token is None else token[1]
+        self.token_renew_at = float("inf") if token is not None else 0.0
+        self.token_valid_until = float("inf") if token is not None else 0.0
         self.etag: str | None = None
         self.offer: dict[str, Any] | None = None
         self.server_poll_interval = DEFAULT_POLL_INTERVAL_SECONDS
         self.failures = 0
         self.finished: set[str] = set()  # deployments this device reported an outcome for
+        self.installs: Counter[str] = Counter()  # updates started, per deployment
+        self.outcomes: dict[str, str] = {}  # the last outcome reported, per deployment
+        self.reoffers: Counter[str] = Counter()  # offers of a deployment after its success
         self.reported_inventory = False
+
+    @property
+    def key(self) -> str:
+        """How the summary names this device: the server's device ID once known, else its serial."""
+        return self.device_id or self.identity.serial
+
+    def record(self) -> dict[str, Any]:
+        """What this device did, for the per-device summary."""
+        return {
+            "serial": self.identity.serial,
+            "installs": dict(self.installs),
+            "outcomes": dict(self.outcomes),
+            "reoffers": dict(self.reoffers),
+            "installed": dict(self.identity.installed),
+        }
 
     # -- the main loop -----------------------------------------------------------------------
 
@@ -119,17 +161,21 @@ class VirtualDevice:
             if not self.reported_inventory:
                 await self._call(self._send_inventory)
                 self.reported_inventory = True
+            asked = time.monotonic()
             offer = await self._call(self._poll)
             if offer is not None:
                 await self._update(offer)
             if self.fleet.rng.random() < self.fleet.settings.notify_rate:
                 await self._call(self._send_notification)
-            await asyncio.sleep(self._poll_delay(first_poll))
+            await asyncio.sleep(self._poll_delay(first_poll, held=time.monotonic() - asked))
             first_poll = False
 
-    def _poll_delay(self, first_poll: bool) -> float:
+    def _poll_delay(self, first_poll: bool, held: float = 0.0) -> float:
         settings = self.fleet.settings
         interval = settings.poll_interval_seconds or self.server_poll_interval
+        if settings.long_poll_seconds and held >= 1.0:
+            # The server held the poll (or an update ran): ask again at once, slightly spread.
+            return self.fleet.rng.uniform(0.0, 0.2)
         if first_poll:
             # Spread the fleet evenly over one interval, however it started.
             return self.fleet.rng.uniform(0.0, interval)
@@ -158,6 +204,11 @@ class VirtualDevice:
             try:
                 result = await operation(token)
             except TokenRejected:
+                if self.fixed_token is not None:  # nothing to renew it with: wait and try again
+                    self.fleet.stats.errors["401"] += 1
+                    self._move_to(DeviceState.REFUSED)
+                    await self._back_off()
+                    continue
                 self.token = None
                 if self.failures:  # rejected again right after renewing: do not hammer
                     await self._back_off()
@@ -212,6 +263,8 @@ class VirtualDevice:
     def _accept_token(self, answer: httpx.Response) -> None:
         document = answer.json()
         self.token = str(document["token"])
+        if document.get("device_id"):
+            self.device_id = str(document["device_id"])
         lifetime = 300.0
         try:
             expires_at = datetime.fromisoformat(str(document["expires_at"]).replace("Z", "+00:00"))
@@ -229,7 +282,7 @@ class VirtualDevice:
     # -- polling -----------------------------------------------------------------------------
 
     async def _poll(self, token: str) -> dict[str, Any] | None:
-        answer = await self.protocol.next_deployment(token, self.etag)
+        answer = await self.protocol.next_deployment(token, self.etag, self.fleet.settings.long_poll_seconds)
         suggested = answer.headers.get("X-Fleetlift-Poll-Interval")
         if suggested is not None:
             with contextlib.suppress(ValueError):
@@ -248,26 +301,41 @@ class VirtualDevice:
 
     async def _update(self, offer: dict[str, Any]) -> None:
         deployment_id = str(offer["deployment_id"])
-        if deployment_id in self.finished:
-            return  # an answer about an outcome already reported
         stats = self.fleet.stats
+        if deployment_id in self.finished:
+            retried = self.outcomes.get(deployment_id) in FAILURES and offer.get("state") in FRESH_STATES
+            if not retried:
+                if self.outcomes.get(deployment_id) == "succeeded" and offer.get("state") in FRESH_STATES:
+                    self.reoffers[deployment_id] += 1  # released again after it succeeded
+                    stats.updates["reoffered"] += 1
+                return  # an answer about an outcome already reported
+            self.finished.discard(deployment_id)
+            stats.updates["retried"] += 1
         stats.updates["offered"] += 1
         release = offer.get("release") or {}
         name, version = str(release.get("name", "")), str(release.get("version", ""))
+        if offer.get("forced"):
+            stats.updates["forced"] += 1
+        elif self.fleet.settings.defer_seconds > 0:
+            stats.updates["deferred"] += 1  # soft: the hosting application puts it off a while
+            await self._pause(self.fleet.settings.defer_seconds)
         log = UpdateLog()
         try:
             if name and self.identity.installed.get(name) == version:
                 await self._report(deployment_id, "already_installed", f"{name} {version} is installed", log)
                 stats.updates["already_installed"] += 1
+                self.outcomes[deployment_id] = "already_installed"
             else:
                 await self._install(deployment_id, offer, log)
         except UpdateAbandoned:
             stats.updates["abandoned"] += 1
         self.finished.add(deployment_id)
 
-    def _choose_outcome(self) -> tuple[str, str | None]:
+    def _choose_outcome(self, version: str) -> tuple[str, str | None]:
         """``succeeded``, ``rolled_back`` or ``failed`` (with the step that fails)."""
         settings = self.fleet.settings
+        if self.fails and settings.failing_version in (None, version):
+            return "failed", self.fleet.rng.choice(FAILING_STEPS)
         draw = self.fleet.rng.random()
         if draw < settings.failure_rate:
             return "failed", self.fleet.rng.choice(FAILING_STEPS)
@@ -284,7 +352,8 @@ class VirtualDevice:
         release = offer.get("release") or {}
         name, version = str(release.get("name", "")), str(release.get("version", ""))
         files: list[dict[str, Any]] = list(offer.get("files") or [])
-        outcome, failing_step = self._choose_outcome()
+        outcome, failing_step = self._choose_outcome(version)
+        self.installs[deployment_id] += 1
         log.add(f"update to {name} {version} ({release.get('kind', 'patch')}) for deployment {deployment_id}")
 
         total = sum(int(file.get("size", 0)) for file in files)
@@ -326,6 +395,7 @@ class VirtualDevice:
         self.fleet.stats.updates["succeeded"] += 1
         if name:
             self.identity.installed[name] = version
+        self.outcomes[deployment_id] = "succeeded"
         await self._call(self._send_inventory)
 
     async def _report(
@@ -356,6 +426,7 @@ class VirtualDevice:
         await self._call(upload)
         await self._report(deployment_id, status, reason, log, logged=True)
         self.fleet.stats.updates[status] += 1
+        self.outcomes[deployment_id] = status
 
     async def _download(self, file: dict[str, Any], log: UpdateLog) -> None:
         """Fetch one file through its signed link, resuming with Range after an interruption, and

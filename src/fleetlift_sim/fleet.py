@@ -1,5 +1,6 @@
-"""Run a fleet: identities, one shared HTTP client, a task per device started along the ramp,
-periodic summaries, and a clean stop on --duration, SIGINT or SIGTERM."""
+"""Run a fleet: identities (or tokens of pre-admitted devices), a few shared HTTP clients, a task
+per device started along the ramp, periodic summaries, and a clean stop on --duration, SIGINT or
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import signal
 import ssl
 import sys
 import traceback
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,6 +38,29 @@ def _skip_absent_sniffio() -> None:
         import sniffio  # noqa: F401
     except ImportError:
         sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+
+def read_tokens(path: Path) -> list[tuple[str, str]]:
+    """``DEVICE_ID TOKEN`` per line (blank lines and ``#`` comments skipped)."""
+    tokens = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.split()
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{number}: expected 'DEVICE_ID TOKEN'")
+        tokens.append((parts[0], parts[1]))
+    if not tokens:
+        raise ValueError(f"{path}: no tokens")
+    return tokens
+
+
+def failing_indexes(devices: int, share: float | None, seed: int | None) -> frozenset[int]:
+    """Exactly ``round(share x devices)`` device indexes, the same for the same seed."""
+    if share is None:
+        return frozenset()
+    return frozenset(random.Random(seed).sample(range(devices), round(share * devices)))
 
 
 def _pool_sizes(connections: int) -> list[int]:
@@ -69,7 +95,9 @@ async def run_fleet(
     settings: SimSettings, *, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
     """Run until ``settings.duration_seconds`` pass or a stop signal arrives; the summary of the run."""
-    prefix, identities = fleet_identities(settings.devices, settings.prefix, settings.state_file)
+    tokens = read_tokens(settings.tokens_file) if settings.tokens_file is not None else None
+    count = settings.devices if tokens is None else min(settings.devices, len(tokens))
+    prefix, identities = fleet_identities(count, settings.prefix, settings.state_file)
     if settings.state_file is not None:
         save_state(settings.state_file, prefix, identities)  # the keys survive even a crash
     stats = FleetStats()
@@ -87,7 +115,9 @@ async def run_fleet(
             handled_signals.append(signal_number)
     async with contextlib.AsyncExitStack() as clients:
         protocols = []
-        for size in _pool_sizes(settings.connections):
+        # A long poll holds a connection per device: the pools make room for every device's.
+        extra = count if settings.long_poll_seconds else 0
+        for size in _pool_sizes(settings.connections + extra):
             client = await clients.enter_async_context(
                 httpx.AsyncClient(
                     base_url=settings.server,
@@ -101,9 +131,16 @@ async def run_fleet(
             )
             protocols.append(DeviceProtocol(client, connections=size, stats=stats))
         fleet = FleetContext(settings=settings, stats=stats, rng=random.Random(settings.seed))
+        failing = failing_indexes(count, settings.failing_devices, settings.seed)
         devices = [
-            VirtualDevice(identity, fleet, protocols[index % len(protocols)])
-            for index, identity in enumerate(identities[: settings.devices])
+            VirtualDevice(
+                identity,
+                fleet,
+                protocols[index % len(protocols)],
+                token=None if tokens is None else tokens[index],
+                fails=index in failing,
+            )
+            for index, identity in enumerate(identities[:count])
         ]
         step = settings.ramp_seconds / len(devices)
         tasks = [
@@ -128,5 +165,19 @@ async def run_fleet(
     if settings.state_file is not None:
         save_state(settings.state_file, prefix, identities)
     summary = stats.snapshot()
-    summary["fleet"] = {"server": settings.server, "prefix": prefix, "devices": len(devices)}
+    summary["fleet"] = {
+        "server": settings.server,
+        "prefix": prefix,
+        "devices": len(devices),
+        "failing_devices": len(failing),
+    }
+    # How many devices started an update of a deployment how many times (1 is the only right
+    # answer for a device that was offered it once), and offers after a success.
+    starts: Counter[int] = Counter()
+    for device in devices:
+        starts.update(device.installs.values())
+    summary["installs_per_device"] = {str(times): n for times, n in sorted(starts.items())}
+    summary["reoffered_devices"] = sum(1 for device in devices if device.reoffers)
+    if settings.per_device:
+        summary["per_device"] = {device.key: device.record() for device in devices}
     return summary

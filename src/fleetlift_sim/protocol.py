@@ -1,7 +1,8 @@
 """The device protocol's HTTP calls over one shared client, with every request timed and counted.
 
 A semaphore in front of the client keeps at most ``connections`` requests in flight, so tens of
-thousands of devices queue cheaply here instead of inside the connection pool."""
+thousands of devices queue cheaply here instead of inside the connection pool. Long polls are the
+exception: each device holds one open, so they bypass the semaphore (the pools are sized for them)."""
 
 from __future__ import annotations
 
@@ -66,16 +67,32 @@ class DeviceProtocol:
         content: bytes | None = None,
         json: Any = None,
         headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        hold_seconds: float = 0.0,
     ) -> httpx.Response:
-        """One request; raises ServerUnavailable or TokenRejected, returns any other answer."""
+        """One request; raises ServerUnavailable or TokenRejected, returns any other answer.
+        ``hold_seconds``: a long poll the server may hold that long (no slot taken, a longer
+        timeout, not counted in the latency figures)."""
         all_headers = dict(headers or {})
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
+        if hold_seconds > 0:
+            timeout = self.client.timeout
+            longer = httpx.Timeout((timeout.read or 30.0) + hold_seconds, connect=timeout.connect, pool=None)
+            try:
+                response = await self.client.request(
+                    method, path, headers=all_headers, params=params, timeout=longer
+                )
+            except httpx.TransportError as error:
+                self.stats.errors[type(error).__name__] += 1
+                raise ServerUnavailable(type(error).__name__) from error
+            self.stats.requests += 1
+            return self._check(response, token_call=token is not None)
         async with self.slots:
             started = time.perf_counter()
             try:
                 response = await self.client.request(
-                    method, path, content=content, json=json, headers=all_headers
+                    method, path, content=content, json=json, headers=all_headers, params=params
                 )
             except httpx.TransportError as error:
                 self.stats.errors[type(error).__name__] += 1
@@ -105,9 +122,18 @@ class DeviceProtocol:
             headers={"Content-Type": "application/json", "X-Fleetlift-Signature": signature},
         )
 
-    async def next_deployment(self, token: str, etag: str | None) -> httpx.Response:
+    async def next_deployment(self, token: str, etag: str | None, wait: int = 0) -> httpx.Response:
+        """The next update; with ``wait`` the server holds the poll until one appears (or ``wait``
+        seconds pass)."""
         headers = {"If-None-Match": etag} if etag else None
-        response = await self.request("GET", f"{DEVICE_API}/deployments/next", token=token, headers=headers)
+        response = await self.request(
+            "GET",
+            f"{DEVICE_API}/deployments/next",
+            token=token,
+            headers=headers,
+            params={"wait": str(wait)} if wait else None,
+            hold_seconds=float(wait),
+        )
         self.stats.polls[response.status_code] += 1
         return response
 
