@@ -138,6 +138,17 @@ def operations(api: Api) -> list[tuple[str, str, dict[str, Any] | bytes | None, 
             "cancel deployment",
         ),
         ("DELETE", "/deployments/dep_missing", None, Permission.DEPLOYMENTS_WRITE, "delete deployment"),
+        ("POST", "/deployments/{fresh_draft}/start", None, Permission.DEPLOYMENTS_CONTROL, "start rollout"),
+        *[
+            (
+                "POST",
+                f"/deployments/{deployment['id']}/{action}",
+                None,
+                Permission.DEPLOYMENTS_CONTROL,
+                action,
+            )
+            for action in ("pause", "resume", "cancel", "retry", "approve")
+        ],
         (
             "GET",
             f"/deployments/{deployment['id']}/devices",

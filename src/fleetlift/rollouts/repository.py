@@ -15,7 +15,6 @@ from sqlalchemy import (
     Select,
     and_,
     case,
-    distinct,
     exists,
     func,
     insert,
@@ -158,7 +157,7 @@ def tag_values(session: Session, *, deployment: Deployment, key: str) -> list[st
     """The distinct values of a device tag among the deployment's devices, sorted."""
     value = _tag(key)
     query = (
-        select(distinct(value))
+        select(value).distinct()
         .select_from(DeploymentDevice)
         .join(
             Device,
@@ -241,7 +240,7 @@ def waiting_window_values(session: Session, *, deployment: Deployment, wave: int
     """The distinct window texts (tag ``tag``) among the devices waiting in ``wave``."""
     value = _tag(tag)
     query = (
-        select(distinct(value))
+        select(value).distinct()
         .select_from(DeploymentDevice)
         .join(
             Device,

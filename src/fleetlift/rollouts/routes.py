@@ -1,7 +1,7 @@
 """HTTP routes of the operator actions on a rollout: start, pause, resume, cancel, retry, approve."""
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: each action's endpoint is made in a closure, and
+# FastAPI must see its annotations (the audited permission dependency) evaluated, not as strings.
 from collections.abc import Callable
 from typing import Annotated, Protocol
 
