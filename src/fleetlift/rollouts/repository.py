@@ -157,7 +157,8 @@ def tag_values(session: Session, *, deployment: Deployment, key: str) -> list[st
     """The distinct values of a device tag among the deployment's devices, sorted."""
     value = _tag(key)
     query = (
-        select(value).distinct()
+        select(value)
+        .distinct()
         .select_from(DeploymentDevice)
         .join(
             Device,
@@ -240,7 +241,8 @@ def waiting_window_values(session: Session, *, deployment: Deployment, wave: int
     """The distinct window texts (tag ``tag``) among the devices waiting in ``wave``."""
     value = _tag(tag)
     query = (
-        select(value).distinct()
+        select(value)
+        .distinct()
         .select_from(DeploymentDevice)
         .join(
             Device,
