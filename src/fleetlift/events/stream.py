@@ -217,11 +217,13 @@ async def sse_stream(
     hub: EventHub,
     query: StreamQuery,
     gap_timeout: float,
-    recheck_seconds: float = RECHECK_SECONDS,
-    keepalive_seconds: float = KEEPALIVE_SECONDS,
+    recheck_seconds: float | None = None,
+    keepalive_seconds: float | None = None,
 ) -> AsyncIterator[bytes]:
     """The body of an event stream: events as they commit, a keep-alive comment when idle; ends on
     client disconnect (Starlette cancels it) and when the hub closes (server shutdown)."""
+    recheck_seconds = recheck_seconds or RECHECK_SECONDS
+    keepalive_seconds = keepalive_seconds or KEEPALIVE_SECONDS
     reader = _Reader(sessions, query, gap_timeout)
     await anyio.to_thread.run_sync(reader.start)
     yield b"retry: 2000\n: connected\n\n"
