@@ -443,3 +443,14 @@ def test_a_rolled_back_event_holds_the_cursor_only_for_the_gap_timeout(
     run_until([world.dispatcher(events_gap_timeout_seconds=1.0)], lambda: len(receiver.requests) == 1)
     assert time.monotonic() - started >= 0.9
     assert [r.json["seq"] for r in receiver.requests] == [kept]
+
+
+def test_a_secret_this_server_cannot_open_fails_the_delivery_once(world: World, receiver: Receiver) -> None:
+    subscription = world.subscribe(receiver.url + "/sealed")
+    world.emit("deployment.started")
+    dispatcher = world.dispatcher()
+    dispatcher.box = SecretBox(b"another key, 32 bytes long......")  # a replica with the wrong key
+    run_until([dispatcher], lambda: [d.status for d in world.deliveries(subscription)] == ["failed"])
+    [delivery] = world.deliveries(subscription)
+    assert delivery.attempts == 1 and delivery.last_error and "cannot be opened" in delivery.last_error
+    assert receiver.requests == []

@@ -106,7 +106,7 @@ class WebhookDispatcher:
         self._first_seen: dict[int, float] = {}
         self._in_flight: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._stopping = False
+        self.stopping = False
         self._client: httpx.AsyncClient | None = None
 
     async def run(self) -> None:
@@ -115,21 +115,21 @@ class WebhookDispatcher:
             timeout=self.timeout, follow_redirects=False, transport=self.transport, trust_env=False
         )
         try:
-            while not self._stopping:
+            while not self.stopping:
                 generation = self.hub.generation(ANY)
                 busy = False
                 try:
                     busy = await self.pass_once()
                 except Exception:
                     log.exception("webhook dispatch pass failed; trying again")
-                if not busy and not self._stopping:
+                if not busy and not self.stopping:
                     await self.hub.wait(ANY, generation, self.poll_interval)
         finally:
             await self._drain()
             await self._client.aclose()
 
     def stop(self) -> None:
-        self._stopping = True
+        self.stopping = True
         self.hub.signal(())
 
     async def _drain(self, grace: float = 2.0) -> None:
@@ -204,7 +204,30 @@ class WebhookDispatcher:
             for tenant_id, subscription_id, delivery, seq, attempt in claimed:
                 subscription = subscriptions[(tenant_id, subscription_id)]
                 event = events.get(seq)
+                problem = None
                 if subscription is None or event is None:
+                    problem = "the webhook or the event is gone"
+                else:
+                    try:
+                        secret = self.box.open(
+                            subscription.secret_encrypted, context=secret_context(tenant_id, subscription_id)
+                        )
+                    except ValueError:
+                        problem = "the webhook's secret cannot be opened with this server's secrets key"
+                if problem is not None or subscription is None or event is None:
+                    # Nothing a retry would fix: fail it now instead of failing every pass.
+                    log.error("webhook delivery %s: %s", delivery, problem)
+                    repository.record_attempt(
+                        session,
+                        tenant_id=tenant_id,
+                        delivery=delivery,
+                        attempt=attempt,
+                        status="failed",
+                        status_code=None,
+                        error=problem,
+                        next_attempt_at=None,
+                        delivered_at=None,
+                    )
                     continue
                 payload = {"id": delivery, "tenant_id": tenant_id, **event_json(event)}
                 jobs.append(
@@ -215,9 +238,7 @@ class WebhookDispatcher:
                         attempt=attempt,
                         event_type=event.type,
                         url=subscription.url,
-                        secret=self.box.open(
-                            subscription.secret_encrypted, context=secret_context(tenant_id, subscription_id)
-                        ),
+                        secret=secret,
                         body=json.dumps(payload, separators=(",", ":"), default=str).encode(),
                     )
                 )

@@ -37,6 +37,8 @@ class EventsRuntime:
         self._restore_signals: Callable[[], None] = lambda: None
 
     async def start(self) -> None:
+        self.hub.closed = False  # an app may be started again after a stop (tests do)
+        self.dispatcher.stopping = False
         self._restore_signals = watch_shutdown_signals(self.hub)
         if self.enabled:
             self._task = asyncio.create_task(self.dispatcher.run())
