@@ -25,6 +25,7 @@ from fleetlift.auth import Role
 from fleetlift.config import Settings
 from fleetlift.context import Caller
 from fleetlift.db import make_engine, make_session_factory, transaction, utcnow
+from fleetlift.events import dispatcher as dispatcher_module
 from fleetlift.events import repository, service
 from fleetlift.events.dispatcher import WebhookDispatcher
 from fleetlift.events.models import WebhookDelivery, WebhookSubscription
@@ -454,3 +455,14 @@ def test_a_secret_this_server_cannot_open_fails_the_delivery_once(world: World, 
     [delivery] = world.deliveries(subscription)
     assert delivery.attempts == 1 and delivery.last_error and "cannot be opened" in delivery.last_error
     assert receiver.requests == []
+
+
+def test_more_subscriptions_than_one_pass_takes_are_all_served(
+    world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatcher_module, "SUBSCRIPTIONS_PER_PASS", 2)
+    for n in range(5):
+        world.subscribe(receiver.url + f"/many-{n}")
+    world.emit("deployment.started", 3)
+    run_until([world.dispatcher()], lambda: len(receiver.requests) == 15)
+    assert sorted({r.path for r in receiver.requests}) == [f"/many-{n}" for n in range(5)]

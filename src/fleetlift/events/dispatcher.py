@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 FAN_OUT_BATCH = 1000  # deliveries created per subscription per pass
 SCAN = 5000  # event numbers checked for gaps per subscription per pass
 LEASE_MARGIN_SECONDS = 60.0
+SUBSCRIPTIONS_PER_PASS = 100
 
 
 def secret_context(tenant_id: str, subscription_id: str) -> str:
@@ -146,7 +147,7 @@ class WebhookDispatcher:
 
     async def pass_once(self) -> bool:
         """One round of fan-out and claims; True when there may be more to do at once."""
-        created = await anyio.to_thread.run_sync(self.fan_out)
+        more = await anyio.to_thread.run_sync(self.fan_out)
         jobs = await anyio.to_thread.run_sync(self.claim, dict(self._in_flight))
         for job in jobs:
             key = (job.tenant_id, job.subscription_id)
@@ -154,17 +155,21 @@ class WebhookDispatcher:
             task = asyncio.create_task(self._attempt(job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return created > 0
+        return more > 0
 
     def fan_out(self) -> int:
-        """Create deliveries for every subscription behind the log; how many were created."""
+        """Create deliveries for subscriptions behind the log; how many were created (or, when
+        more subscriptions wait than one pass takes, at least 1: go on at once)."""
         with self.sessions() as session:
             if not repository.subscriptions_behind(session):
                 return 0
         created = 0
         with transaction(self.sessions) as session:
             now = utcnow()
-            for subscription in repository.lock_active_subscriptions(session, limit=100):
+            locked = repository.lock_active_subscriptions(session, limit=SUBSCRIPTIONS_PER_PASS)
+            if len(locked) == SUBSCRIPTIONS_PER_PASS:
+                created += 1
+            for subscription in locked:
                 seqs = repository.seqs_after(session, after=subscription.cursor_seq, limit=SCAN)
                 horizon = settled_horizon(
                     subscription.cursor_seq, seqs, self._first_seen, time.monotonic(), self.gap_timeout

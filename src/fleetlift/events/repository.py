@@ -219,16 +219,17 @@ def add_delivery(
 
 
 def lock_active_subscriptions(session: Session, *, limit: int) -> Sequence[WebhookSubscription]:
-    """Active subscriptions this dispatcher may fan out to now. PostgreSQL: row locks that other
-    replicas skip (each subscription's cursor moves in one replica at a time). SQLite: a write
-    first, which takes the database's write lock, so a second process waits and then reads the
-    cursor this one wrote."""
+    """Active subscriptions behind the log that this dispatcher may fan out to now. PostgreSQL:
+    row locks that other replicas skip (each subscription's cursor moves in one replica at a
+    time). SQLite: a write first, which takes the database's write lock, so a second process
+    waits and then reads the cursor this one wrote."""
+    newest = select(func.max(Event.seq)).scalar_subquery()
     query = (
         select(WebhookSubscription)
-        .where(WebhookSubscription.active.is_(True))
-        .order_by(WebhookSubscription.tenant_id, WebhookSubscription.id)
+        .where(WebhookSubscription.active.is_(True), WebhookSubscription.cursor_seq < newest)
+        .order_by(WebhookSubscription.cursor_seq, WebhookSubscription.tenant_id, WebhookSubscription.id)
         .limit(limit)
-    )
+    )  # the furthest behind first: with more than ``limit``, each pass serves others
     bind = session.get_bind()
     if bind.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
