@@ -217,6 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # (about 0.1 s on a busy machine, the p99 of the device poll; docs/benchmarks.md).
         gc.freeze()
         await app.state.events.start()
+        app.state.reconciler.attach(asyncio.get_running_loop())  # tells devices released by requests
         reconciler = asyncio.create_task(app.state.reconciler.run()) if settings.reconciler_enabled else None
         yield
         if reconciler is not None:

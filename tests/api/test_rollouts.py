@@ -7,6 +7,7 @@ committed state, so whichever gets there first, the outcome asserted is the same
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import select
 
+from fleetlift.channels.memory import MemoryChannel
 from fleetlift.db import transaction
 from fleetlift.deployments import service as deployments
 from fleetlift.deployments.rules import DeviceUpdateState
@@ -624,3 +626,21 @@ def test_the_policy_changes_only_while_a_draft(api: Api) -> None:
         json={**body, "status": "active", "policy": {"waves": [{"percent": 10, "count": 3}]}},
     )
     assert invalid.status_code == 400
+
+
+def test_devices_released_by_a_request_are_told_through_the_channel(api: Api) -> None:
+    reconciler = api.client.app.state.reconciler  # type: ignore[attr-defined]
+    channel, original = MemoryChannel(), reconciler.channel
+    reconciler.channel = channel
+    try:
+        ids = devices(api, "ch", 3)
+        deployment_id = deploy(
+            api, release(api), {"device_ids": ids}, {"waves": [{"count": 1}]}, status="draft"
+        )
+        assert api.post(f"/deployments/{deployment_id}/start").status_code == 200
+        deadline = time.monotonic() + 5
+        while not channel.devices(api.tenant) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert channel.devices(api.tenant) == ["ch-00"]  # after the commit; the waiting ones not
+    finally:
+        reconciler.channel = original

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetlift.auth import Role
+from fleetlift.channels.memory import MemoryChannel
 from fleetlift.context import Caller
 from fleetlift.db import make_engine, make_session_factory, transaction
 from fleetlift.deployments import service as deployments
@@ -203,7 +204,9 @@ def test_the_reconciler_loop_drives_a_rollout_to_the_end(database: str, factory:
     caller, release_id = fleet(sessions, 40)
     tenant = caller.tenant_id
     deployment_id = start(sessions, caller, release_id, POLICY)
-    reconciler = Reconciler(sessions=sessions, interval=0.05)
+    channel = MemoryChannel()
+    reconciler = Reconciler(sessions=sessions, channel=channel, interval=0.05, min_gap=0.01)
+    first_wave = pending(sessions, tenant, deployment_id)  # released by the create itself
     most = 0
 
     async def drive() -> None:
@@ -230,6 +233,8 @@ def test_the_reconciler_loop_drives_a_rollout_to_the_end(database: str, factory:
     assert len(released) == 40 and set(released.values()) == {1}
     assert kinds["deployment.completed"] == 1 and kinds["deployment.started"] == 1
     assert reconciler.passes > 0
+    # every device the loop released was told through the channel, once, after its commit
+    assert sorted(channel.devices(tenant)) == sorted(set(released) - set(first_wave))
 
 
 def test_a_step_that_dies_before_its_commit_leaves_nothing_behind(

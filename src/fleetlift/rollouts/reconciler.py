@@ -36,6 +36,9 @@ from fleetlift.rollouts import repository, service
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 1.0
+# Wake-ups closer together than this share a pass: a wave of devices reporting at once must not
+# turn into one full pass per report.
+MIN_GAP = 0.1
 BATCH = 500  # rollouts looked at per pass
 
 
@@ -51,10 +54,12 @@ class Reconciler:
         interval: float = DEFAULT_INTERVAL,
         clock: Callable[[], datetime] = utcnow,
         batch: int = BATCH,
+        min_gap: float = MIN_GAP,
     ) -> None:
         self.sessions = sessions
         self.channel = channel
         self.interval = interval
+        self.min_gap = min(min_gap, interval)
         self.clock = clock
         self.batch = batch
         self.passes = 0
@@ -100,6 +105,11 @@ class Reconciler:
 
     # -- the loop ----------------------------------------------------------------------------
 
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop that tells devices (``notify_soon``), also while the loop is not run."""
+        with self._lock:
+            self._loop = loop
+
     def wake(self) -> None:
         """Ask for a pass now; callable from any thread (device reports commit in worker threads)."""
         with self._lock:
@@ -116,6 +126,7 @@ class Reconciler:
             self._loop, self._wakeup = asyncio.get_running_loop(), wakeup
         try:
             while True:
+                await asyncio.sleep(self.min_gap)
                 wakeup.clear()
                 try:
                     released = await anyio.to_thread.run_sync(self.run_once)
@@ -128,7 +139,7 @@ class Reconciler:
                     await asyncio.wait_for(wakeup.wait(), self.interval)
         finally:
             with self._lock:
-                self._loop, self._wakeup = None, None
+                self._wakeup = None
 
     # -- telling devices ---------------------------------------------------------------------
 
