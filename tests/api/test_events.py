@@ -402,3 +402,25 @@ def test_streams_end_cleanly_when_the_server_is_told_to_stop(tmp_path: Path) -> 
             process.kill()
             process.wait()
         log.close()
+
+
+def test_a_stream_never_skips_an_event_committed_late(live: Live) -> None:
+    """PostgreSQL shows seq n+1 before n when n's transaction commits later; the stream holds n+1
+    back until n is there, so a client resuming after n+1 has not missed n. (SQLite serialises
+    writers: numbers are visible in order anyway.)"""
+    tenant = live.tenant()
+    watcher = Stream(f"{live.base}/api/v1/events", live.token(tenant))
+    slow = live.app.state.sessions()
+    try:
+        late = repository.emit(slow, tenant_id=tenant, type="deployment.started", now=utcnow())
+        if live.app.state.engine.dialect.name == "sqlite":
+            slow.commit()  # the writer holds SQLite's lock: nobody else could write meanwhile
+            early = emit(live.app, tenant, "deployment.paused")
+        else:
+            early = emit(live.app, tenant, "deployment.paused")
+            assert watcher.quiet(1.5) == []  # early waits behind the open transaction
+            slow.commit()
+    finally:
+        slow.close()
+    assert [int(f.id or 0) for f in watcher.events(2)] == [late, *early]
+    watcher.close()

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import threading
 import time
 import uuid
@@ -234,10 +235,18 @@ def verify(secret: str, request: Received) -> bool:
 # -- the tests ---------------------------------------------------------------------------------
 
 
-def test_events_arrive_signed_with_the_documented_body_and_headers(world: World, receiver: Receiver) -> None:
+def test_events_arrive_signed_with_the_documented_body_and_headers(
+    world: World, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     subscription = world.subscribe(receiver.url + "/hook")
     seqs = world.emit("deployment.started", 3, deployment_id="dep_1")
     run_until([world.dispatcher()], lambda: len(receiver.on("/hook")) == 3)
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "webhook delivery" in logged and SECRET not in logged
+    assert not any(
+        r.headers["X-Fleetlift-Signature"].removeprefix("sha256=") in logged for r in receiver.requests
+    )
 
     got = sorted(receiver.on("/hook"), key=lambda r: r.json["seq"])
     assert [r.json["seq"] for r in got] == seqs
