@@ -16,7 +16,6 @@ and the outage is logged once, without the password.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import ssl
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 PAYLOAD = b'{"check":true}'
 DEFAULT_WINDOW = 1000  # unacknowledged messages at most (paho's in-flight limit is set to the same)
 PUBLISH_TIMEOUT = 60.0  # seconds one notify may take before the rest of its messages are dropped
-_FORBIDDEN_IN_LEVEL = frozenset("/+#\0")
 
 
 @dataclass(frozen=True)
@@ -82,7 +80,7 @@ def check_topic(prefix: str, tenant_id: str, device_id: str) -> str:
 
 def usable_level(value: str) -> bool:
     """Whether a tenant or device ID can be one topic level (no ``/``, ``+``, ``#``)."""
-    return bool(value) and not (_FORBIDDEN_IN_LEVEL & set(value))
+    return bool(value) and "/" not in value and "+" not in value and "#" not in value and "\0" not in value
 
 
 class MqttChannel:
@@ -103,7 +101,10 @@ class MqttChannel:
         self.window = window
         self.publish_timeout = publish_timeout
         self.client_id = client_id or f"fleetlift-server-{secrets.token_hex(6)}"
-        self._slots = threading.BoundedSemaphore(window)
+        # The window: messages published and not acknowledged yet, across concurrent fan-outs.
+        self._in_flight = 0
+        self._refill = max(window // 4, 1)
+        self._window_free = threading.Condition(threading.Lock())
         self._connected = threading.Event()
         self._state_lock = threading.Lock()
         self._outage_logged = False
@@ -158,9 +159,10 @@ class MqttChannel:
             self._outage(f"disconnected ({reason})")
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-        # More acknowledgements than slots taken cannot happen; never let it kill paho's thread.
-        with contextlib.suppress(ValueError):
-            self._slots.release()
+        with self._window_free:
+            self._in_flight = max(self._in_flight - 1, 0)
+            if self.window - self._in_flight >= self._refill:
+                self._window_free.notify()
 
     def _outage(self, what: str) -> None:
         """Log the first failure of an outage; later ones stay quiet until the broker is back."""
@@ -204,50 +206,57 @@ class MqttChannel:
         if not usable_level(tenant_id):
             log.warning("MQTT device channel: tenant %r cannot be a topic level; not notified", tenant_id)
             return 0
+        usable = [device_id for device_id in device_ids if usable_level(device_id)]
+        if len(usable) < len(device_ids) and not self._skipped_logged:
+            self._skipped_logged = True
+            log.warning(
+                "MQTT device channel: %d device IDs cannot be topic levels; not notified",
+                len(device_ids) - len(usable),
+            )
         deadline = time.monotonic() + self.publish_timeout
         prefix = f"{self.topic_prefix}/{tenant_id}/devices/"
         publish = self._client.publish
-        acquire = self._slots.acquire
         unacknowledged: deque[mqtt.MQTTMessageInfo] = deque()
         acknowledged = 0
-        skipped = 0
-        for device_id in device_ids:
-            if not usable_level(device_id):
-                skipped += 1
-                continue
-            if not acquire(blocking=False):  # the window is full: wait for an acknowledgement
-                while unacknowledged and unacknowledged[0].is_published():
-                    unacknowledged.popleft()
-                    acknowledged += 1
-                if not self._wait_for_slot(deadline):
-                    break
-            unacknowledged.append(publish(prefix + device_id + "/check", PAYLOAD, qos=1))
-            if len(unacknowledged) > self.window:  # keep the bookkeeping as bounded as the window
-                while unacknowledged and unacknowledged[0].is_published():
-                    unacknowledged.popleft()
-                    acknowledged += 1
+        position = 0
+        while position < len(usable):
+            # Slots are taken in bursts (a quarter of the window at least), so the publishing
+            # thread and paho's network thread hand over the interpreter once per burst, not once
+            # per message.
+            burst = self._reserve(len(usable) - position, deadline)
+            if not burst:
+                break
+            for device_id in usable[position : position + burst]:
+                unacknowledged.append(publish(prefix + device_id + "/check", PAYLOAD, qos=1))
+            position += burst
+            while unacknowledged and unacknowledged[0].is_published():  # bookkeeping stays bounded
+                unacknowledged.popleft()
+                acknowledged += 1
         while unacknowledged and time.monotonic() < deadline and self._connected.is_set():
             if unacknowledged[0].is_published():
                 unacknowledged.popleft()
                 acknowledged += 1
             else:
                 time.sleep(0.002)
-        acknowledged += sum(1 for info in unacknowledged if info.is_published())
-        if skipped and not self._skipped_logged:
-            self._skipped_logged = True
-            log.warning("MQTT device channel: %d device IDs cannot be topic levels; not notified", skipped)
-        return acknowledged
+        return acknowledged + sum(1 for info in unacknowledged if info.is_published())
 
-    def _wait_for_slot(self, deadline: float) -> bool:
-        while True:
-            if not self._connected.is_set() or self._closed:
-                return False
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.warning("MQTT device channel: the broker acknowledges too slowly; dropping the rest")
-                return False
-            if self._slots.acquire(timeout=min(remaining, 0.5)):
-                return True
+    def _reserve(self, wanted: int, deadline: float) -> int:
+        """Take up to ``wanted`` slots of the window, waiting until at least a refill's worth is
+        free; 0 when the broker is gone, the channel closed or the deadline passed."""
+        with self._window_free:
+            while True:
+                free = self.window - self._in_flight
+                if free >= min(wanted, self._refill):
+                    taken = min(free, wanted)
+                    self._in_flight += taken
+                    return taken
+                if not self._connected.is_set() or self._closed:
+                    return 0
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("MQTT device channel: the broker acknowledges too slowly; dropping the rest")
+                    return 0
+                self._window_free.wait(min(remaining, 0.5))
 
     async def close(self) -> None:
         """Disconnect and stop paho's network thread."""
