@@ -140,6 +140,7 @@ class CheckSubscriber:
         if any(reason.is_failure for reason in reasons):
             log.warning("the MQTT broker refused the subscription to %s (check its ACL)", self.topic)
             return
+        log.info("subscribed to %s", self.topic)
         self.subscribed.set()
 
     def _on_connect_fail(self, client: Any, _data: Any) -> None:

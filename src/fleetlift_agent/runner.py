@@ -486,8 +486,11 @@ class Runner:
         (which hears the move to APPLYING_* through the local API's callback)."""
         if self.controller is None:
             return
-        if self.controller.state.phase not in (Phase.APPLYING_PATCH, Phase.APPLYING_BASE):
+        phase = self.controller.state.phase
+        if phase not in (Phase.APPLYING_PATCH, Phase.APPLYING_BASE):
             self._note("forced update: applying without the application's confirmation")
+            if phase is Phase.BUSY:
+                self.journal.mark("app_was_busy")  # and busy it is again afterwards
             self._app(Event.FORCED)
 
     # --- install, verify, commit, roll back -----------------------------------------------
@@ -572,6 +575,8 @@ class Runner:
         assert current is not None
         self.journal.finish("succeeded", None, installed=_installed_entries(current["instructions"]))
         self._app(Event.REBOOTED if update.release_kind == "base" else Event.INTEGRITY_OK)
+        if current.get("app_was_busy"):
+            self._app(Event.BUSY)
         self._cleanup_downloads()
 
     def _roll_back(
@@ -611,12 +616,15 @@ class Runner:
     def _finish_failed(self, update: Update, status: str, detail: str) -> None:
         log.error("deployment %s %s: %s", update.deployment_id, status, detail)
         self._note(f"{status}: {detail}")
-        if self.journal.current is not None:
+        current = self.journal.current
+        if current is not None:
             self.journal.finish(status, detail)
         if update.release_kind == "base":
             self._app(Event.REBOOTED)  # the old base runs again
         else:
             self._app(Event.INTEGRITY_FAILED)
+        if current is not None and current.get("app_was_busy"):
+            self._app(Event.BUSY)
         self._cleanup_downloads()
 
     def _reboot(self, payloads: list[Payload]) -> None:

@@ -52,9 +52,10 @@ def test_a_forced_update_is_applied_without_confirmation_even_while_the_applicat
     assert not worker.is_alive(), "the forced update waited for the application"
     assert installer.steps == INSTALL
     assert client.statuses() == ["downloading", "downloaded", "installing", "verifying", "succeeded"]
-    # The application hears it (through the local API's callback): applying, then ready again.
-    assert Phase.APPLYING_PATCH in phases
-    assert controller.state.phase is Phase.READY
+    # The application hears it (through the local API's callback): applying, done, and busy again
+    # as it had said (a later soft update waits for it).
+    assert phases[-3:] == [Phase.APPLYING_PATCH, Phase.READY, Phase.BUSY]
+    assert controller.state.phase is Phase.BUSY
 
 
 def test_a_forced_update_also_overrides_an_application_that_stays_silent(tmp_path: Path) -> None:
