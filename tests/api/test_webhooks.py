@@ -23,6 +23,14 @@ def _create(api: Api, **body: object) -> dict[str, object]:
     return response.json()  # type: ignore[no-any-return]
 
 
+def capture_fleetlift_logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fleetlift's logger writes to its own handler and does not propagate: listen on it directly."""
+    logger = logging.getLogger("fleetlift")
+    monkeypatch.setattr(logger, "level", logging.DEBUG)
+    monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
+    caplog.set_level(logging.DEBUG)
+
+
 def test_create_answers_the_secret_once_and_reads_never_do(api: Api) -> None:
     made = _create(api, description="alerts", event_types=["deployment.*", "device.update_state"])
     assert (
@@ -132,15 +140,20 @@ def test_webhooks_belong_to_their_tenant(api: Api) -> None:
     assert made["id"] not in other.get("/webhooks").text
 
 
-def test_secrets_never_reach_the_logs(api: Api, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
+def test_secrets_never_reach_the_logs(
+    api: Api, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capture_fleetlift_logs(caplog, monkeypatch)
     made = _create(api, secret=SECRET, active=False)
     generated = _create(api, active=False)
     api.put(f"/webhooks/{made['id']}", json={"url": "https://hooks.example.com/x", "secret": SECRET + "-2"})
     api.post(f"/webhooks/{made['id']}/ping")
-    api.post("/webhooks", json={"url": "ftp://nope", "secret": SECRET + "-3"})  # refused: logged?
+    refused = api.post("/webhooks", json={"url": "ftp://nope", "secret": SECRET + "-3"})
+    assert refused.status_code == 400 and SECRET not in refused.text
+    too_short = api.post("/webhooks", json={"url": "https://a.example", "secret": "tiny-secret"})
+    assert too_short.status_code == 400 and "tiny-secret" not in too_short.text
     text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
-    assert caplog.records, "expected the requests to be logged"
+    assert any(r.name == "fleetlift.access" for r in caplog.records), "expected the requests to be logged"
     for secret in (SECRET, SECRET + "-2", SECRET + "-3", str(generated["secret"])):
         assert secret not in text
     state = api.client.app.state  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetlift.auth import Role
@@ -35,6 +35,8 @@ from fleetlift.events.stream import EventHub, install_session_hooks
 from fleetlift.migrate import upgrade
 from fleetlift.secrets_box import SecretBox
 from fleetlift.tenants import repository as tenants
+
+from ..conftest import PG_ADMIN_URL
 
 SECRET = "whsec_test-secret-0123456789abcdef"
 
@@ -110,9 +112,20 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def pg_migrated(pg_url: str) -> str:
-    upgrade(pg_url)
-    return pg_url
+def pg_migrated(pg_url: str) -> Iterator[str]:
+    """A schema of this module's own: the session's shared one is also served by the API tests'
+    app, whose dispatcher (with another secrets key) would take these tests' deliveries."""
+    schema = f"fltest_wh_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in PG_ADMIN_URL else "?"
+    url = f"{PG_ADMIN_URL}{separator}options=-csearch_path%3D{schema}"
+    upgrade(url)
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -235,10 +248,18 @@ def verify(secret: str, request: Received) -> bool:
 # -- the tests ---------------------------------------------------------------------------------
 
 
-def test_events_arrive_signed_with_the_documented_body_and_headers(
-    world: World, receiver: Receiver, caplog: pytest.LogCaptureFixture
-) -> None:
+def capture_fleetlift_logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fleetlift's logger writes to its own handler and does not propagate: listen on it directly."""
+    logger = logging.getLogger("fleetlift")
+    monkeypatch.setattr(logger, "level", logging.DEBUG)
+    monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
     caplog.set_level(logging.DEBUG)
+
+
+def test_events_arrive_signed_with_the_documented_body_and_headers(
+    world: World, receiver: Receiver, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capture_fleetlift_logs(caplog, monkeypatch)
     subscription = world.subscribe(receiver.url + "/hook")
     seqs = world.emit("deployment.started", 3, deployment_id="dep_1")
     run_until([world.dispatcher()], lambda: len(receiver.on("/hook")) == 3)
