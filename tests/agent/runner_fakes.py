@@ -152,9 +152,10 @@ def make_runner(
     poll_interval: int = 300,
     wakeup: Wakeup | None = None,
     installer: RecordingInstaller | None = None,
+    device_id: str = "gw-1",
 ) -> tuple[Runner, ScriptedClient, Controller | None]:
     data_dir.mkdir(parents=True, exist_ok=True)
-    client = ScriptedClient(data_dir)
+    client = ScriptedClient(data_dir, device_id=device_id)
     controller = Controller(data_dir / "app-state.json") if app_control else None
     runner = Runner(
         client=client,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,16 +69,17 @@ def test_a_check_on_the_devices_own_topic_wakes_it_and_others_do_not() -> None:
     url = ensure_local_broker()
     woken: list[float] = []
     subscriber = CheckSubscriber(url)
-    subscriber.watch("tenant-w", "gw-own", lambda: woken.append(time.monotonic()))
-    subscriber.watch("tenant-w", "gw-other", lambda: None)  # a second call changes nothing
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    subscriber.watch(tenant, "gw-own", lambda: woken.append(time.monotonic()))
+    subscriber.watch(tenant, "gw-other", lambda: None)  # a second call changes nothing
     try:
         assert subscriber.subscribed.wait(10)
-        assert subscriber.topic == "fleetlift/tenant-w/devices/gw-own/check"
-        assert publish(url, "tenant-w", ["gw-other", "gw-third"]) == 2
-        assert publish(url, "other-tenant", ["gw-own"]) == 1
+        assert subscriber.topic == f"fleetlift/{tenant}/devices/gw-own/check"
+        assert publish(url, tenant, ["gw-other", "gw-third"]) == 2
+        assert publish(url, tenant + "-other", ["gw-own"]) == 1
         time.sleep(0.5)
         assert woken == []
-        assert publish(url, "tenant-w", ["gw-own"]) == 1
+        assert publish(url, tenant, ["gw-own"]) == 1
         wait_until(lambda: len(woken) == 1, what="the wake-up")
     finally:
         subscriber.close()
@@ -86,14 +88,15 @@ def test_a_check_on_the_devices_own_topic_wakes_it_and_others_do_not() -> None:
 def test_the_update_loop_polls_at_once_when_woken(tmp_path: Path) -> None:
     """A poll interval of 300 s, and yet the second poll comes right after the message."""
     url = ensure_local_broker()
+    device = f"gw-{uuid.uuid4().hex[:8]}"  # the shared broker: a client ID of its own
     subscriber = CheckSubscriber(url)
-    runner, client, _ = make_runner(tmp_path, poll_interval=300, wakeup=subscriber)
+    runner, client, _ = make_runner(tmp_path, poll_interval=300, wakeup=subscriber, device_id=device)
     worker = in_thread(runner.run)
     try:
         wait_until(lambda: len(client.polls) == 1 and subscriber.subscribed.is_set(), what="first poll")
-        assert subscriber.topic == "fleetlift/default/devices/gw-1/check"  # from the client's token
+        assert subscriber.topic == f"fleetlift/default/devices/{device}/check"  # tenant: the client's
         sent_at = time.monotonic()
-        assert publish(url, "default", ["gw-1"]) == 1
+        assert publish(url, "default", [device]) == 1
         wait_until(lambda: len(client.polls) == 2, timeout=5, what="the poll after the message")
         assert client.polls[1] - sent_at < 3
     finally:
