@@ -158,7 +158,7 @@ async def notify_once(url: str, prefix: str, tenant: str, devices: list[str]) ->
 
 def fleetlift_round(url: str, prefix: str, tenant: str, devices: list[str], window: int) -> Round:
     async def run() -> Round:
-        channel = MqttChannel(url, topic_prefix=prefix, window=window, publish_timeout=600)
+        channel = MqttChannel(url, topic_prefix=prefix, window=window, stall_timeout=600)
         if not channel.wait_connected(10):
             raise SystemExit("fleetlift's channel did not connect")
         cpu, started = time.process_time(), time.perf_counter()

@@ -106,6 +106,25 @@ def test_each_released_device_gets_check_on_its_own_topic(broker_url: str) -> No
     assert {qos for _, _, qos in received} == {1}
 
 
+def test_a_notify_right_after_start_waits_for_the_first_connection(broker_url: str) -> None:
+    """A reconciler's first pass may come before the broker answered: the wave is not dropped."""
+    name = tenant()
+    listener = Listener(1883, [f"fleetlift/{name}/#"])
+    listener.wait_subscribed()
+
+    async def scenario() -> int:
+        channel = MqttChannel(broker_url)  # not connected yet
+        sent = await channel.notify(name, ["gw-early"])
+        await channel.close()
+        return sent
+
+    try:
+        assert asyncio.run(scenario()) == 1
+        assert [topic for topic, _, _ in listener.wait_for(1)] == [check_topic("fleetlift", name, "gw-early")]
+    finally:
+        listener.close()
+
+
 def test_a_wave_of_20000_leaves_the_event_loop_free(broker_url: str, tmp_path: Path) -> None:
     name = tenant()
     # mosquitto_sub counts: a Python subscriber in this process falls behind the fan-out, and the

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 PAYLOAD = b'{"check":true}'
 DEFAULT_WINDOW = 1000  # unacknowledged messages at most (paho's in-flight limit is set to the same)
-PUBLISH_TIMEOUT = 60.0  # seconds one notify may take before the rest of its messages are dropped
+STALL_TIMEOUT = 30.0  # seconds without an acknowledgement before the rest of a fan-out is dropped
+CONNECT_GRACE = 5.0  # right after start, notify waits this long for the first connection
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,18 @@ class MqttChannel:
         *,
         topic_prefix: str = "fleetlift",
         window: int = DEFAULT_WINDOW,
-        publish_timeout: float = PUBLISH_TIMEOUT,
+        stall_timeout: float = STALL_TIMEOUT,
+        connect_grace: float = CONNECT_GRACE,
         client_id: str | None = None,
         keepalive: int = 30,
     ) -> None:
         self.address = BrokerAddress.parse(url)
         self.topic_prefix = topic_prefix
         self.window = window
-        self.publish_timeout = publish_timeout
+        self.stall_timeout = stall_timeout
+        # Until then a notify waits for the first connection (a reconciler's first pass may come
+        # before the broker answered), instead of dropping the wave as if the broker were down.
+        self._grace_until = time.monotonic() + connect_grace
         self.client_id = client_id or f"fleetlift-server-{secrets.token_hex(6)}"
         # The window: messages published and not acknowledged yet, across concurrent fan-outs.
         self._in_flight = 0
@@ -167,6 +172,7 @@ class MqttChannel:
     def _outage(self, what: str) -> None:
         """Log the first failure of an outage; later ones stay quiet until the broker is back."""
         self._connected.clear()
+        self._grace_until = 0.0  # a failed attempt ends the wait for the first connection
         with self._state_lock:
             first, self._outage_logged = not self._outage_logged, True
         if first and not self._closed:
@@ -193,6 +199,8 @@ class MqttChannel:
         worker thread; a caller that must not wait for the acknowledgements runs this as a task."""
         if not device_ids or self._closed:
             return 0
+        while not self._connected.is_set() and time.monotonic() < self._grace_until:
+            await asyncio.sleep(0.05)
         if not self._connected.is_set():
             self._outage("not connected")
             return 0
@@ -202,7 +210,7 @@ class MqttChannel:
     def publish(self, tenant_id: str, device_ids: Sequence[str]) -> int:
         """The fan-out itself, on the calling thread: publish with at most ``window`` messages
         unacknowledged, then wait for the rest; how many were acknowledged. Stops early (dropping
-        the rest) when the broker goes away or ``publish_timeout`` passes."""
+        the rest) when the broker goes away or acknowledges nothing for ``stall_timeout``."""
         if not usable_level(tenant_id):
             log.warning("MQTT device channel: tenant %r cannot be a topic level; not notified", tenant_id)
             return 0
@@ -213,7 +221,7 @@ class MqttChannel:
                 "MQTT device channel: %d device IDs cannot be topic levels; not notified",
                 len(device_ids) - len(usable),
             )
-        deadline = time.monotonic() + self.publish_timeout
+        deadline = time.monotonic() + self.stall_timeout
         prefix = f"{self.topic_prefix}/{tenant_id}/devices/"
         publish = self._client.publish
         unacknowledged: deque[mqtt.MQTTMessageInfo] = deque()
@@ -226,6 +234,7 @@ class MqttChannel:
             burst = self._reserve(len(usable) - position, deadline)
             if not burst:
                 break
+            deadline = time.monotonic() + self.stall_timeout  # slots came back: acknowledgements flow
             for device_id in usable[position : position + burst]:
                 unacknowledged.append(publish(prefix + device_id + "/check", PAYLOAD, qos=1))
             position += burst
@@ -236,13 +245,15 @@ class MqttChannel:
             if unacknowledged[0].is_published():
                 unacknowledged.popleft()
                 acknowledged += 1
+                deadline = time.monotonic() + self.stall_timeout
             else:
                 time.sleep(0.002)
         return acknowledged + sum(1 for info in unacknowledged if info.is_published())
 
     def _reserve(self, wanted: int, deadline: float) -> int:
         """Take up to ``wanted`` slots of the window, waiting until at least a refill's worth is
-        free; 0 when the broker is gone, the channel closed or the deadline passed."""
+        free; 0 when the broker is gone, the channel closed or ``deadline`` passed (nothing was
+        acknowledged for ``stall_timeout``)."""
         with self._window_free:
             while True:
                 free = self.window - self._in_flight
