@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text, update
+from sqlalchemy import Engine, create_engine, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetlift.auth import Role
@@ -137,6 +137,13 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("pg_migrated"))
 
 
+def small_engine(url: str) -> Engine:
+    """Few connections: PostgreSQL's 100 are shared with every other test run on the machine."""
+    if url.startswith("sqlite"):
+        return make_engine(url)
+    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=6)
+
+
 @dataclass
 class World:
     """One tenant on one database, with what a dispatcher needs."""
@@ -199,7 +206,7 @@ class World:
 
 @pytest.fixture
 def world(database: str, tmp_path: Path) -> Iterator[World]:
-    engine = make_engine(database)
+    engine = small_engine(database)
     sessions = make_session_factory(engine)
     hub = EventHub()
     install_session_hooks(sessions, hub)
@@ -399,7 +406,7 @@ def test_two_dispatchers_deliver_each_event_exactly_once(
     world: World, receiver: Receiver, replicas: int
 ) -> None:
     hooks = [world.subscribe(receiver.url + f"/hook-{n}") for n in range(3)]
-    engines = [make_engine(world.url) for _ in range(replicas)]  # each replica its own connections
+    engines = [small_engine(world.url) for _ in range(replicas)]  # each replica its own connections
     dispatchers = [world.dispatcher(make_session_factory(engine)) for engine in engines]
     events = 120
 
