@@ -16,7 +16,7 @@ import pytest
 from fleetlift.channels.mqtt import MqttChannel
 from fleetlift_agent.mqtt import BrokerAddress, CheckSubscriber
 
-from ..mosquitto import ensure_local_broker, private_broker
+from ..mosquitto import ensure_local_broker, private_broker, tls_files
 from ..ports import free_port
 from .runner_fakes import in_thread, make_runner, wait_until
 
@@ -138,3 +138,19 @@ def test_the_agent_subscribes_again_after_the_broker_restarts(tmp_path: Path, ag
         finally:
             subscriber.close()
     assert len(agent_log.warnings()) == 1  # one outage, one warning
+
+
+def test_over_mqtts_with_a_private_ca(tmp_path: Path) -> None:
+    ca, cert, key = tls_files(tmp_path / "tls")
+    config = f"allow_anonymous true\ncertfile {cert}\nkeyfile {key}\n"
+    with private_broker(tmp_path / "broker", config) as broker:
+        url = f"mqtts://127.0.0.1:{broker.port}?ca={ca}"
+        woken: list[float] = []
+        subscriber = CheckSubscriber(url)
+        subscriber.watch("default", "gw-tls", lambda: woken.append(time.monotonic()))
+        try:
+            assert subscriber.subscribed.wait(10), broker.log()
+            assert publish(url, "default", ["gw-tls"]) == 1
+            wait_until(lambda: len(woken) == 1, what="the wake-up over TLS")
+        finally:
+            subscriber.close()

@@ -4,8 +4,6 @@ leaves the event loop free, outages and reconnects, TLS, and the ACL example of 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import logging
 import re
 import subprocess
@@ -15,14 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from fleetlift.channels.mqtt import BrokerAddress, MqttChannel, check_topic
 
-from ..mosquitto import Listener, ensure_local_broker, private_broker
+from ..mosquitto import Listener, ensure_local_broker, private_broker, tls_files
 from ..ports import free_port
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "mqtt.md"
@@ -232,52 +226,10 @@ def test_the_channel_reconnects_after_the_broker_restarts(tmp_path: Path, channe
     assert any("again" in message for message in channel_log.messages(logging.INFO))
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a broker certificate for 127.0.0.1 signed by it."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleetlift test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = directory / "ca.pem", directory / "broker.crt", directory / "broker.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return paths
-
-
 # paho leaves the socket of a failed TLS handshake to the garbage collector (ResourceWarning).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_mqtts_checks_the_broker_certificate(tmp_path: Path, channel_log: Records) -> None:
-    ca, cert, key = _self_signed(tmp_path / "tls")
+    ca, cert, key = tls_files(tmp_path / "tls")
     config = f"allow_anonymous true\ncertfile {cert}\nkeyfile {key}\n"
     with private_broker(tmp_path / "broker", config) as broker:
         trusted = MqttChannel(f"mqtts://127.0.0.1:{broker.port}?ca={ca}")
