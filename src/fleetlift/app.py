@@ -216,7 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # collector's full passes, which otherwise walk it all and stall every request meanwhile
         # (about 0.1 s on a busy machine, the p99 of the device poll; docs/benchmarks.md).
         gc.freeze()
-        await app.state.events.start()
+        events = await app.state.events.start()
         app.state.reconciler.attach(asyncio.get_running_loop())  # tells devices released by requests
         reconciler = asyncio.create_task(app.state.reconciler.run()) if settings.reconciler_enabled else None
         yield
@@ -224,7 +224,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reconciler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reconciler
-        await app.state.events.stop()  # ends event streams, stops the webhook dispatcher
+        await app.state.events.stop(events)  # ends event streams, stops the webhook dispatcher
         seen_writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await seen_writer

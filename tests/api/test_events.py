@@ -26,6 +26,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from fleetlift.app import create_app, local_issuer
 from fleetlift.auth import Role
@@ -424,3 +425,16 @@ def test_a_stream_never_skips_an_event_committed_late(live: Live) -> None:
         slow.close()
     assert [int(f.id or 0) for f in watcher.events(2)] == [late, *early]
     watcher.close()
+
+
+def test_nested_lifespans_each_run_and_stop_their_own_dispatcher(sqlite_settings: Settings) -> None:
+    """Test clients (schemathesis's among them) may run an app's lifespan again, on other loops,
+    while it runs: each stops cleanly, and streams end only when the last one stops."""
+    app = create_app(sqlite_settings)
+    hub: EventHub = app.state.events.hub
+    with TestClient(app) as outer:
+        with TestClient(app) as inner:
+            assert inner.get("/healthz").status_code == 200
+        assert not hub.closed
+        assert outer.get("/healthz").status_code == 200
+    assert hub.closed

@@ -123,7 +123,11 @@ class WebhookDispatcher:
                     busy = await self.pass_once()
                 except Exception:
                     log.exception("webhook dispatch pass failed; trying again")
-                if not busy and not self.stopping:
+                if busy or self.stopping:
+                    continue
+                if self.hub.closed:  # streams are over; keep dispatching until stopped
+                    await asyncio.sleep(self.poll_interval)
+                else:
                     await self.hub.wait(ANY, generation, self.poll_interval)
         finally:
             await self._drain()

@@ -33,6 +33,7 @@ router = APIRouter(prefix="/events", tags=["events"])
 webhooks = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 EVENT_STREAM = "text/event-stream"
+MAX_SEQ = 2**63 - 1
 _SSE_EXAMPLE = (
     "retry: 2000\n: connected\n\n"
     "id: 4211\nevent: deployment.wave_opened\n"
@@ -65,7 +66,7 @@ def _prefixes(values: list[str] | None) -> list[str]:
 def _last_event_id(value: str | None) -> int | None:
     if value is None or value.strip() == "":
         return None
-    if not value.strip().isdigit():
+    if not value.strip().isdigit() or int(value.strip()) > MAX_SEQ:
         raise InvalidInput(
             "Last-Event-ID is the seq of an event",
             errors=[FieldError("header.Last-Event-ID", "not a number")],
@@ -106,7 +107,9 @@ async def list_events(
     types: TypeQuery = None,
     deployment_id: Annotated[str | None, Query(max_length=64)] = None,
     device_id: Annotated[str | None, Query(max_length=128)] = None,
-    after: Annotated[int | None, Query(ge=0, description="Only events with a greater seq.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_SEQ, description="Only events with a greater seq.")
+    ] = None,
     last_event_id: Annotated[
         str | None,
         Header(

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,8 +18,19 @@ from fleetlift.events.stream import EventHub, install_session_hooks, watch_shutd
 from fleetlift.secrets_box import SecretBox
 
 
+@dataclass
+class Running:
+    """One lifespan's share: its dispatcher (bound to that lifespan's event loop) and signal watch."""
+
+    dispatcher: WebhookDispatcher | None
+    task: asyncio.Task[None] | None
+    restore_signals: Callable[[], None]
+
+
 class EventsRuntime:
-    """Built in ``create_app``; ``start`` and ``stop`` in the app's lifespan."""
+    """Built in ``create_app``; ``start`` and ``stop`` in the app's lifespan. A lifespan may run
+    more than once, even nested on other event loops (test clients do): each gets its own
+    dispatcher; the hub closes (ending streams) when the last one stops."""
 
     def __init__(
         self,
@@ -29,28 +42,42 @@ class EventsRuntime:
     ) -> None:
         self.hub = EventHub()
         install_session_hooks(sessions, self.hub)
-        self.dispatcher = WebhookDispatcher(
-            sessions=sessions, box=box, hub=self.hub, settings=settings, transport=transport
+        self.sessions = sessions
+        self.box = box
+        self.settings = settings
+        self.transport = transport
+        self._lock = threading.Lock()
+        self._running = 0
+
+    async def start(self) -> Running:
+        with self._lock:
+            self._running += 1
+            self.hub.closed = False
+        restore = watch_shutdown_signals(self.hub)
+        if not self.settings.webhooks_enabled:
+            return Running(None, None, restore)
+        dispatcher = WebhookDispatcher(
+            sessions=self.sessions,
+            box=self.box,
+            hub=self.hub,
+            settings=self.settings,
+            transport=self.transport,
         )
-        self.enabled = settings.webhooks_enabled
-        self._task: asyncio.Task[None] | None = None
-        self._restore_signals: Callable[[], None] = lambda: None
+        return Running(dispatcher, asyncio.create_task(dispatcher.run()), restore)
 
-    async def start(self) -> None:
-        self.hub.closed = False  # an app may be started again after a stop (tests do)
-        self.dispatcher.stopping = False
-        self._restore_signals = watch_shutdown_signals(self.hub)
-        if self.enabled:
-            self._task = asyncio.create_task(self.dispatcher.run())
-
-    async def stop(self) -> None:
-        self.hub.close()
-        self._restore_signals()
-        if self._task is not None:
-            self.dispatcher.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout=5)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+    async def stop(self, running: Running) -> None:
+        with self._lock:
+            self._running -= 1
+            last = self._running <= 0
+        if last:
+            self.hub.close()
+        running.restore_signals()
+        if running.dispatcher is None or running.task is None:
+            return
+        running.dispatcher.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(running.task), timeout=5)
+        except TimeoutError:
+            running.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running.task

@@ -25,12 +25,12 @@ SECRET_PREFIX = "whsec_"
 
 def _position(page: PageRequest, after: int | None) -> int:
     if page.after:
-        try:
-            return int(page.after[0])
-        except ValueError:
+        value = page.after[0]
+        if not value.isdigit() or int(value) >= 2**63:
             raise InvalidInput(
                 "the cursor is not valid", errors=[FieldError("query.cursor", "not an events cursor")]
-            ) from None
+            )
+        return int(value)
     return after or 0
 
 
