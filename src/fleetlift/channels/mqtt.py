@@ -164,6 +164,9 @@ class MqttChannel:
             self._outage(f"disconnected ({reason})")
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        self._release_slot()
+
+    def _release_slot(self) -> None:
         with self._window_free:
             self._in_flight = max(self._in_flight - 1, 0)
             if self.window - self._in_flight >= self._refill:
@@ -236,7 +239,11 @@ class MqttChannel:
                 break
             deadline = time.monotonic() + self.stall_timeout  # slots came back: acknowledgements flow
             for device_id in usable[position : position + burst]:
-                unacknowledged.append(publish(prefix + device_id + "/check", PAYLOAD, qos=1))
+                info = publish(prefix + device_id + "/check", PAYLOAD, qos=1)
+                if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # not taken (paho ran out of message IDs)
+                    self._release_slot()
+                    continue
+                unacknowledged.append(info)
             position += burst
             while unacknowledged and unacknowledged[0].is_published():  # bookkeeping stays bounded
                 unacknowledged.popleft()
