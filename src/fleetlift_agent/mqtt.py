@@ -79,6 +79,7 @@ class CheckSubscriber:
         self._wake: Callable[[], None] = lambda: None
         self._client: Any = None
         self._outage_logged = False
+        self._ever_subscribed = False
         self._lock = threading.Lock()
 
     def watch(self, tenant_id: str, device_id: str, wake: Callable[[], None]) -> None:
@@ -141,7 +142,11 @@ class CheckSubscriber:
             log.warning("the MQTT broker refused the subscription to %s (check its ACL)", self.topic)
             return
         log.info("subscribed to %s", self.topic)
+        first, self._ever_subscribed = not self._ever_subscribed, True
         self.subscribed.set()
+        if first:
+            # A message published between the agent's first poll and now was missed: poll once.
+            self._wake()
 
     def _on_connect_fail(self, client: Any, _data: Any) -> None:
         self._outage("cannot connect")

@@ -75,12 +75,14 @@ def test_a_check_on_the_devices_own_topic_wakes_it_and_others_do_not() -> None:
     try:
         assert subscriber.subscribed.wait(10)
         assert subscriber.topic == f"fleetlift/{tenant}/devices/gw-own/check"
+        wait_until(lambda: len(woken) == 1, what="the catch-up poll after subscribing")
         assert publish(url, tenant, ["gw-other", "gw-third"]) == 2
         assert publish(url, tenant + "-other", ["gw-own"]) == 1
         time.sleep(0.5)
-        assert woken == []
+        assert len(woken) == 1
         assert publish(url, tenant, ["gw-own"]) == 1
-        wait_until(lambda: len(woken) == 1, what="the wake-up")
+        wait_until(lambda: len(woken) == 2, what="the wake-up")
+        assert subscriber.messages == 1
     finally:
         subscriber.close()
 
@@ -93,12 +95,17 @@ def test_the_update_loop_polls_at_once_when_woken(tmp_path: Path) -> None:
     runner, client, _ = make_runner(tmp_path, poll_interval=300, wakeup=subscriber, device_id=device)
     worker = in_thread(runner.run)
     try:
-        wait_until(lambda: len(client.polls) == 1 and subscriber.subscribed.is_set(), what="first poll")
+        # The first poll, then one more as soon as the subscription stands (a message sent in
+        # between would have been missed), then nothing for 300 s...
+        wait_until(lambda: len(client.polls) == 2 and subscriber.subscribed.is_set(), what="two polls")
         assert subscriber.topic == f"fleetlift/default/devices/{device}/check"  # tenant: the client's
+        time.sleep(1)
+        assert len(client.polls) == 2
+        # ... unless the server says so.
         sent_at = time.monotonic()
         assert publish(url, "default", [device]) == 1
-        wait_until(lambda: len(client.polls) == 2, timeout=5, what="the poll after the message")
-        assert client.polls[1] - sent_at < 3
+        wait_until(lambda: len(client.polls) == 3, timeout=5, what="the poll after the message")
+        assert client.polls[2] - sent_at < 3
     finally:
         runner.request_stop()
         worker.join(5)
@@ -129,12 +136,13 @@ def test_the_agent_subscribes_again_after_the_broker_restarts(tmp_path: Path, ag
         subscriber.watch("default", "gw-1", lambda: woken.append(time.monotonic()))
         try:
             assert subscriber.subscribed.wait(10)
+            wait_until(lambda: len(woken) == 1, what="the catch-up poll after subscribing")
             broker.stop()
             wait_until(lambda: not subscriber.subscribed.is_set(), what="the disconnect")
             broker.start()
             assert subscriber.subscribed.wait(15), "no new subscription"
             assert publish(broker.url, "default", ["gw-1"]) == 1
-            wait_until(lambda: len(woken) == 1, what="the wake-up after the restart")
+            wait_until(lambda: len(woken) == 2, what="the wake-up after the restart")
         finally:
             subscriber.close()
     assert len(agent_log.warnings()) == 1  # one outage, one warning
@@ -150,7 +158,8 @@ def test_over_mqtts_with_a_private_ca(tmp_path: Path) -> None:
         subscriber.watch("default", "gw-tls", lambda: woken.append(time.monotonic()))
         try:
             assert subscriber.subscribed.wait(10), broker.log()
+            wait_until(lambda: len(woken) == 1, what="the catch-up poll after subscribing")
             assert publish(url, "default", ["gw-tls"]) == 1
-            wait_until(lambda: len(woken) == 1, what="the wake-up over TLS")
+            wait_until(lambda: len(woken) == 2, what="the wake-up over TLS")
         finally:
             subscriber.close()
