@@ -503,3 +503,26 @@ def test_more_subscriptions_than_one_pass_takes_are_all_served(
     world.emit("deployment.started", 3)
     run_until([world.dispatcher()], lambda: len(receiver.requests) == 15)
     assert sorted({r.path for r in receiver.requests}) == [f"/many-{n}" for n in range(5)]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+def test_a_gap_given_up_once_is_not_waited_out_again(
+    world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small fan-out batches leave the cursor below a gap already given up: it is not waited for
+    again (each wait would cost the whole gap timeout)."""
+    monkeypatch.setattr(dispatcher_module, "FAN_OUT_BATCH", 2)
+    world.subscribe(receiver.url + "/batches")
+    before_gap = world.emit("deployment.started", 3)
+    doomed = world.sessions()
+    gap = repository.emit(doomed, tenant_id=world.tenant, type="deployment.started", now=utcnow())
+    after_gap = world.emit("deployment.paused", 3)
+    doomed.rollback()
+    doomed.close()
+    dispatcher = world.dispatcher(events_gap_timeout_seconds=5.0)
+    dispatcher._first_seen[gap] = time.monotonic() - 10  # missing long enough: given up at once
+    started = time.monotonic()
+    run_until([dispatcher], lambda: len(receiver.requests) == 6)
+    assert time.monotonic() - started < 3  # not another 5 s when the cursor comes back below it
+    assert sorted(r.json["seq"] for r in receiver.requests) == before_gap + after_gap

@@ -105,6 +105,7 @@ class WebhookDispatcher:
         self.transport = transport
         self.jitter = jitter
         self._first_seen: dict[int, float] = {}
+        self._settled = 0
         self._in_flight: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
@@ -174,10 +175,12 @@ class WebhookDispatcher:
             if len(locked) == SUBSCRIPTIONS_PER_PASS:
                 created += 1
             for subscription in locked:
-                seqs = repository.seqs_after(session, after=subscription.cursor_seq, limit=SCAN)
-                horizon = settled_horizon(
-                    subscription.cursor_seq, seqs, self._first_seen, time.monotonic(), self.gap_timeout
-                )
+                # Numbers up to ``_settled`` are there or given up (a cursor left below it by a
+                # full batch does not wait out the same gap again).
+                start = max(subscription.cursor_seq, self._settled)
+                seqs = repository.seqs_after(session, after=start, limit=SCAN)
+                horizon = settled_horizon(start, seqs, self._first_seen, time.monotonic(), self.gap_timeout)
+                self._settled = max(self._settled, horizon)
                 created += repository.fan_out(
                     session, subscription=subscription, through=horizon, batch=FAN_OUT_BATCH, now=now
                 )

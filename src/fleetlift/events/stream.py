@@ -178,6 +178,7 @@ class _Reader:
         self.query = query
         self.gap_timeout = gap_timeout
         self.position = -1
+        self.settled = -1
         self.first_seen: dict[int, float] = {}
 
     def start(self) -> None:
@@ -187,10 +188,11 @@ class _Reader:
     def read(self) -> tuple[Sequence[Event], bool]:
         """The next events (and whether more wait), moving the position past what was checked."""
         with self.sessions() as session:
-            seqs = repository.seqs_after(session, after=self.position, limit=SCAN)
-            horizon = settled_horizon(
-                self.position, seqs, self.first_seen, time.monotonic(), self.gap_timeout
-            )
+            # Up to ``settled`` every number is known to be there or given up: check only after it.
+            start = max(self.position, self.settled)
+            seqs = repository.seqs_after(session, after=start, limit=SCAN)
+            horizon = settled_horizon(start, seqs, self.first_seen, time.monotonic(), self.gap_timeout)
+            self.settled = horizon
             if horizon <= self.position:
                 return (), False
             rows = repository.list_events(
