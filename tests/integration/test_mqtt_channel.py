@@ -190,7 +190,10 @@ def test_an_unreachable_broker_drops_notifications_and_logs_once_without_the_pas
         await channel.close()
         return results
 
-    time.sleep(1.5)  # paho's network thread has tried (and failed) to connect meanwhile
+    deadline = time.monotonic() + 15
+    while not channel_log.messages(logging.WARNING):  # paho's network thread tried and failed
+        assert time.monotonic() < deadline, "no connection attempt failed"
+        time.sleep(0.05)
     assert asyncio.run(scenario()) == [0, 0, 0]
     warnings = channel_log.messages(logging.WARNING)
     assert len(warnings) == 1, warnings
