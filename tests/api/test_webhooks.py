@@ -34,6 +34,7 @@ def capture_fleetlift_logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest
     logger = logging.getLogger("fleetlift")
     monkeypatch.setattr(logger, "level", logging.DEBUG)
     monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
+    monkeypatch.setattr(logger, "propagate", False)  # once, not again through the root logger
     caplog.set_level(logging.DEBUG)
 
 

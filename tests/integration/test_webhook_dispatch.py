@@ -260,6 +260,7 @@ def capture_fleetlift_logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest
     logger = logging.getLogger("fleetlift")
     monkeypatch.setattr(logger, "level", logging.DEBUG)
     monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
+    monkeypatch.setattr(logger, "propagate", False)  # once, not again through the root logger
     caplog.set_level(logging.DEBUG)
 
 
@@ -526,3 +527,29 @@ def test_a_gap_given_up_once_is_not_waited_out_again(
     run_until([dispatcher], lambda: len(receiver.requests) == 6)
     assert time.monotonic() - started < 3  # not another 5 s when the cursor comes back below it
     assert sorted(r.json["seq"] for r in receiver.requests) == before_gap + after_gap
+
+
+def test_an_outage_is_logged_once_not_every_pass(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capture_fleetlift_logs(caplog, monkeypatch)
+    engine = make_engine(f"sqlite:///{tmp_path / 'never-migrated.db'}")  # every pass fails: no tables
+    settings = Settings(data_dir=tmp_path, webhook_poll_interval_seconds=0.02)
+    dispatcher = WebhookDispatcher(
+        sessions=make_session_factory(engine), box=SecretBox(b"k" * 32), hub=EventHub(), settings=settings
+    )
+    passes = 0
+    original = dispatcher.pass_once
+
+    async def counted() -> bool:
+        nonlocal passes
+        passes += 1
+        return await original()
+
+    monkeypatch.setattr(dispatcher, "pass_once", counted)
+    run_until([dispatcher], lambda: passes >= 10)
+    engine.dispose()
+    failures = [
+        r for r in caplog.records if r.name == "fleetlift.events.dispatcher" and r.levelno >= logging.ERROR
+    ]
+    assert len(failures) == 1 and failures[0].exc_info is not None

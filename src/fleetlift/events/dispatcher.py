@@ -116,14 +116,24 @@ class WebhookDispatcher:
         self._client = httpx.AsyncClient(
             timeout=self.timeout, follow_redirects=False, transport=self.transport, trust_env=False
         )
+        failing_since: float | None = None
+        last_report = 0.0
         try:
             while not self.stopping:
                 generation = self.hub.generation(ANY)
                 busy = False
                 try:
                     busy = await self.pass_once()
+                    if failing_since is not None:
+                        log.warning("webhook dispatch works again")
+                        failing_since = None
                 except Exception:
-                    log.exception("webhook dispatch pass failed; trying again")
+                    # An outage (the database away) is logged when it starts, then once a minute.
+                    now = time.monotonic()
+                    if failing_since is None or now - last_report >= 60:
+                        log.exception("webhook dispatch pass failed; trying again every pass")
+                        last_report = now
+                    failing_since = failing_since or now
                 if busy or self.stopping:
                     continue
                 if self.hub.closed:  # streams are over; keep dispatching until stopped
