@@ -33,7 +33,8 @@ def capture_fleetlift_logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest
     """fleetlift's logger writes to its own handler and does not propagate: listen on it directly."""
     logger = logging.getLogger("fleetlift")
     monkeypatch.setattr(logger, "level", logging.DEBUG)
-    monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
+    if caplog.handler not in logger.handlers:
+        monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
     monkeypatch.setattr(logger, "propagate", False)  # once, not again through the root logger
     caplog.set_level(logging.DEBUG)
 
