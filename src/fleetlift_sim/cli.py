@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         type=Path,
         help="Pre-admitted devices: one 'DEVICE_ID TOKEN' per line (device tokens the server issued, "
-        "e.g. minted by a test or benchmark). These devices never authenticate; --devices caps how "
-        "many lines are used.",
+        "e.g. minted by a test or benchmark). These devices never authenticate and send no "
+        "inventory at start (only after an update); --devices caps how many lines are used.",
     )
     fleet.add_argument(
         "--state-file",

@@ -134,7 +134,9 @@ class VirtualDevice:
         self.installs: Counter[str] = Counter()  # updates started, per deployment
         self.outcomes: dict[str, str] = {}  # the last outcome reported, per deployment
         self.reoffers: Counter[str] = Counter()  # offers of a deployment after its success
-        self.reported_inventory = False
+        # A pre-admitted device is one the server knows already: no inventory at start (it still
+        # reports one after each update it installs).
+        self.reported_inventory = token is not None
 
     @property
     def key(self) -> str:

@@ -117,6 +117,7 @@ async def run_fleet(
         protocols = []
         # A long poll holds a connection per device: the pools make room for every device's.
         extra = count if settings.long_poll_seconds else 0
+        shared = asyncio.Semaphore(settings.connections) if extra else None
         for size in _pool_sizes(settings.connections + extra):
             client = await clients.enter_async_context(
                 httpx.AsyncClient(
@@ -129,7 +130,7 @@ async def run_fleet(
                     headers={"User-Agent": USER_AGENT},
                 )
             )
-            protocols.append(DeviceProtocol(client, connections=size, stats=stats))
+            protocols.append(DeviceProtocol(client, connections=size, stats=stats, slots=shared))
         fleet = FleetContext(settings=settings, stats=stats, rng=random.Random(settings.seed))
         failing = failing_indexes(count, settings.failing_devices, settings.seed)
         devices = [

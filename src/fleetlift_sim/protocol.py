@@ -42,9 +42,17 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 class DeviceProtocol:
-    def __init__(self, client: httpx.AsyncClient, *, connections: int, stats: FleetStats) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        connections: int,
+        stats: FleetStats,
+        slots: asyncio.Semaphore | None = None,
+    ) -> None:
         self.client = client
-        self.slots = asyncio.Semaphore(connections)
+        # Shared by every client when long polls enlarge the pools: the limit stays --connections.
+        self.slots = slots or asyncio.Semaphore(connections)
         self.stats = stats
 
     def _check(self, response: httpx.Response, *, token_call: bool) -> httpx.Response:
