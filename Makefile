@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint openapi bench-targeting bench-download bench-device-poll bench-mqtt-fanout clean
+.PHONY: run test lint openapi bench-targeting bench-download bench-device-poll bench-mqtt-fanout bench-rollout clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ bench-device-poll: $(VENV)/.installed-test
 # Needs Mosquitto on 127.0.0.1:1883 (started when down); about 80 s.
 bench-mqtt-fanout: $(VENV)/.installed-test
 	$(BIN)/python bench/mqtt_fanout.py $(BENCH_ARGS)
+
+bench-rollout: $(VENV)/.installed-test
+	$(BIN)/python bench/rollout.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
