@@ -84,34 +84,8 @@ SELECT :tenant, 'dev-' || lpad(n::text, 8, '0'), 'device ' || n, 'gw-x1', 'arm64
 FROM generate_series(0, :count - 1) AS n
 """
 
-# Counts the statements each server process sends through SQLAlchemy; written to a file per
-# process every half second (the benchmark reads them before it stops the server).
-SITECUSTOMIZE = """
-import os
-_directory = os.environ.get("FLEETLIFT_BENCH_STATEMENTS_DIR")
-if _directory:
-    import threading
-    import time
-
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
-    _count = [0]
-
-    @event.listens_for(Engine, "before_cursor_execute")
-    def _counted(*_arguments):
-        _count[0] += 1
-
-    def _write():
-        path = os.path.join(_directory, f"{os.getpid()}.count")
-        while True:
-            with open(path + ".partial", "w") as output:
-                output.write(str(_count[0]))
-            os.replace(path + ".partial", path)
-            time.sleep(0.5)
-
-    threading.Thread(target=_write, daemon=True).start()
-"""
+# Counts statements in every server process (see the file).
+SITECUSTOMIZE = Path(__file__).with_name("rollout_sitecustomize.py")
 
 
 def machine() -> str:
@@ -223,8 +197,22 @@ def xacts(admin_url: str, database: str) -> int:
     return int(value)
 
 
-def statements(directory: Path) -> int:
-    return sum(int(path.read_text() or 0) for path in directory.glob("*.count"))
+def statement_counts(directory: Path) -> tuple[int, dict[str, list[float]]]:
+    """Statements sent through SQLAlchemy by every server process, and [count, seconds] by kind."""
+    total = 0
+    kinds: dict[str, list[float]] = {}
+    for path in directory.glob("*.json"):
+        try:
+            document = json.loads(path.read_text())
+        except ValueError:  # replaced while read: once more
+            time.sleep(0.1)
+            document = json.loads(path.read_text())
+        total += int(document["count"])
+        for key, (count, seconds) in document["kinds"].items():
+            entry = kinds.setdefault(key, [0, 0.0])
+            entry[0] += count
+            entry[1] += seconds
+    return total, kinds
 
 
 # -- setup ----------------------------------------------------------------------------------------
@@ -458,6 +446,7 @@ class Figures:
     wave_floors: list[float] = field(default_factory=list)
     wave_walls: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    statement_kinds: dict[str, list[float]] = field(default_factory=dict)  # kind: [count, seconds]
 
     @property
     def cpu_per_1000(self) -> float:
@@ -507,7 +496,7 @@ async def rollout(args: argparse.Namespace, url: str, database: str, admin_url: 
     counts = work / "statements"
     counts.mkdir()
     (work / "site").mkdir()
-    (work / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (work / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE.read_text())
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETLIFT_")}
     env.update(
         FLEETLIFT_DATA_DIR=str(data_dir),
@@ -574,7 +563,8 @@ async def rollout(args: argparse.Namespace, url: str, database: str, admin_url: 
         policy = {"waves": [{"name": f"{p:g}%", "percent": p} for p in percents]}
         backends = BackendCpu(admin_url, database)
         backends.start()
-        xacts0, statements0 = xacts(admin_url, database), statements(counts)
+        xacts0 = xacts(admin_url, database)
+        statements0, kinds0 = statement_counts(counts)
         cpu0, polls0, reports0 = tree_cpu(server.pid), fleet.polls, sum(fleet.reports.values())
         started = time.monotonic()
         created_at = datetime.now(UTC)
@@ -621,7 +611,12 @@ async def rollout(args: argparse.Namespace, url: str, database: str, admin_url: 
         # after 10 s idle; statement counters are written every half second.
         await asyncio.sleep(11.0)
         figures.transactions = xacts(admin_url, database) - xacts0
-        figures.statements = statements(counts) - statements0
+        statements1, kinds1 = statement_counts(counts)
+        figures.statements = statements1 - statements0
+        for key, (count, seconds) in kinds1.items():
+            before = kinds0.get(key, [0, 0.0])
+            if count > before[0]:
+                figures.statement_kinds[key] = [count - before[0], round(seconds - before[1], 3)]
         figures.succeeded = len(fleet.succeeded_at)
         figures.errors = {**{str(k): v for k, v in fleet.refused.items()}, **dict(connections.errors)}
 
@@ -688,6 +683,13 @@ def report(figures: Figures) -> None:
     ]
     for name, value in rows:
         print(f"| {name} | {value} |")
+    print()
+    print("The 10 kinds of statement the server waited longest for (SQLAlchemy's; not the poll's SELECT):")
+    print("| statement (start) | count | per device | seconds |")
+    print("|---|---:|---:|---:|")
+    ranked = sorted(f.statement_kinds.items(), key=lambda item: -item[1][1])[:10]
+    for key, (count, seconds) in ranked:
+        print(f"| `{key}` | {count:,.0f} | {count / per_device:.2f} | {seconds:,.1f} |")
     print(
         json.dumps(
             {
