@@ -508,6 +508,15 @@ async def rollout(args: argparse.Namespace, url: str, database: str, admin_url: 
         FLEETLIFT_BENCH_STATEMENTS_DIR=str(counts),
         PYTHONPATH=os.pathsep.join(filter(None, [str(work / "site"), env.get("PYTHONPATH")])),
     )
+    # Before the server starts: the CLI creates the local issuer's key, so the workers all load
+    # that one (on a fresh data directory, workers starting together would each create their own).
+    admin_token = subprocess.run(
+        [str(BIN / "fleetlift"), "token", "create", "--role", "admin", "--subject", "bench"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [str(BIN / "fleetlift"), "serve", "--no-migrate", "--host", "127.0.0.1", "--port", str(port)]
@@ -527,13 +536,6 @@ async def rollout(args: argparse.Namespace, url: str, database: str, admin_url: 
             if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError("the server did not start: " + (work / "server.log").read_text()[-2000:])
             await asyncio.sleep(0.2)
-        admin_token = subprocess.run(
-            [str(BIN / "fleetlift"), "token", "create", "--role", "admin", "--subject", "bench"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
 
         connections = Connections("127.0.0.1", port, args.connections)
         await connections.open()
