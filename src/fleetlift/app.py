@@ -221,6 +221,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reconciler = asyncio.create_task(app.state.reconciler.run()) if settings.reconciler_enabled else None
         yield
         if reconciler is not None:
+            app.state.reconciler.stop()  # ends after the pass under way; cancelled only if that hangs
+            await asyncio.wait({reconciler}, timeout=30)
             reconciler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reconciler

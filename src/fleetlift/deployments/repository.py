@@ -21,6 +21,7 @@ from sqlalchemy import (
     bindparam,
     case,
     create_engine,
+    except_,
     exists,
     func,
     insert,
@@ -32,7 +33,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from fleetlift.deployments.models import Deployment, DeploymentDevice
 from fleetlift.deployments.rules import (
@@ -126,26 +127,34 @@ def _assignment(
     where = and_(_targets(session, deployment.tenant_id, eligibility), _compatible(session, release))
     if skip_already_installed:
         where = and_(where, _not_on_release(release))
-        state: ColumnElement[str] = literal(initial.value)
-    else:
+    # The devices to add are the targeted ones EXCEPT those the deployment has: a set operation
+    # (hashed or sorted), never a per-device probe. A correlated NOT EXISTS was planned, on tables
+    # without statistics, as a nested loop over an index of the deployment that this same INSERT
+    # keeps filling: quadratic (10,000 devices took 2 s on PostgreSQL, 100,000 would take minutes);
+    # NOT IN turns into such a loop once the set no longer fits in work_mem.
+    new_ids = except_(
+        select(Device.id).where(where),
+        select(DeploymentDevice.device_id).where(
+            DeploymentDevice.tenant_id == deployment.tenant_id,
+            DeploymentDevice.deployment_id == deployment.id,
+        ),
+    )
+    device = aliased(Device, name="newcomer")
+    state: ColumnElement[str] = literal(initial.value)
+    if not skip_already_installed:
         state = case(
-            (Device.release_id == release.id, literal(DeviceUpdateState.ALREADY_INSTALLED.value)),
+            (device.release_id == release.id, literal(DeviceUpdateState.ALREADY_INSTALLED.value)),
             else_=literal(initial.value),
         )
-    already_assigned = exists().where(
-        DeploymentDevice.tenant_id == deployment.tenant_id,
-        DeploymentDevice.deployment_id == deployment.id,
-        DeploymentDevice.device_id == Device.id,
-    )
     source = select(
         literal(deployment.tenant_id),
         literal(deployment.id),
-        Device.id,
+        device.id,
         state,
         literal(0),
         literal(wave),
         literal(now, type_=DeploymentDevice.__table__.c.updated_at.type),
-    ).where(where, not_(already_assigned))
+    ).where(device.tenant_id == deployment.tenant_id, device.id.in_(new_ids))
     return insert(DeploymentDevice).from_select(
         ["tenant_id", "deployment_id", "device_id", "state", "attempts", "wave", "updated_at"], source
     )

@@ -64,6 +64,7 @@ class Reconciler:
         self.batch = batch
         self.passes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
         self._wakeup: asyncio.Event | None = None
         self._lock = threading.Lock()
 
@@ -119,14 +120,23 @@ class Reconciler:
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody to wake
             loop.call_soon_threadsafe(wakeup.set)
 
+    def stop(self) -> None:
+        """End ``run`` after the pass under way (callable from any thread)."""
+        self._stopping = True
+        self.wake()
+
     async def run(self) -> None:
-        """Pass after pass until cancelled: when woken, and at least every ``interval`` seconds."""
+        """Pass after pass until stopped or cancelled: when woken, and at least every ``interval``
+        seconds."""
         wakeup = asyncio.Event()
+        self._stopping = False
         with self._lock:
             self._loop, self._wakeup = asyncio.get_running_loop(), wakeup
         try:
-            while True:
+            while not self._stopping:
                 await asyncio.sleep(self.min_gap)
+                if self._stopping:
+                    break
                 wakeup.clear()
                 try:
                     released = await anyio.to_thread.run_sync(self.run_once)
@@ -135,8 +145,13 @@ class Reconciler:
                     released = {}
                 for tenant_id, device_ids in released.items():
                     await self.notify(tenant_id, device_ids)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), self.interval)
+                # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+                # that arrives as the wake-up does, and the loop would never end.
+                woken = asyncio.ensure_future(wakeup.wait())
+                try:
+                    await asyncio.wait({woken}, timeout=self.interval)
+                finally:
+                    woken.cancel()
         finally:
             with self._lock:
                 self._wakeup = None
