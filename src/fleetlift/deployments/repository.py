@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -233,26 +232,6 @@ def ineligible_devices(
         .limit(limit)
     )
     return session.scalars(query).all()
-
-
-def counts_by_state(
-    session: Session, *, tenant_id: str, deployment_ids: Sequence[str]
-) -> dict[str, dict[DeviceUpdateState, int]]:
-    """Per-device state counts of several deployments in one grouped query."""
-    counts: dict[str, dict[DeviceUpdateState, int]] = defaultdict(dict)
-    if not deployment_ids:
-        return counts
-    rows = session.execute(
-        select(DeploymentDevice.deployment_id, DeploymentDevice.state, func.count())
-        .where(
-            DeploymentDevice.tenant_id == tenant_id,
-            in_list(DeploymentDevice.deployment_id, deployment_ids, _dialect(session)),
-        )
-        .group_by(DeploymentDevice.deployment_id, DeploymentDevice.state)
-    )
-    for deployment_id, state, count in rows:
-        counts[deployment_id][DeviceUpdateState(state)] = count
-    return counts
 
 
 def _status_clause(status: DeploymentStatus, now: datetime) -> ColumnElement[bool]:
