@@ -645,3 +645,15 @@ def test_devices_released_by_a_request_are_told_through_the_channel(api: Api) ->
         assert channel.devices(api.tenant) == ["ch-00"]  # after the commit; the waiting ones not
     finally:
         reconciler.channel = original
+
+
+def test_the_empty_policy_fails_a_deployment_without_halting_it(api: Api) -> None:
+    ids = devices(api, "ep", 2)
+    deployment_id = deploy(api, release(api), {"device_ids": ids}, {})
+    succeed(api, deployment_id, "ep-00")
+    fail(api, deployment_id, "ep-01")
+    step(api, deployment_id)
+    read = get(api, deployment_id)
+    assert read["status"] == "failed" and read["rollout"]["state"] == "finished"
+    kinds = [kind for kind, _, _ in events(api, deployment_id, "deployment.")]
+    assert "deployment.failed" in kinds and "deployment.halted" not in kinds

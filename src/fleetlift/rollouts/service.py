@@ -276,7 +276,12 @@ def _decide(progress: Progress, plan: Sequence[Wave], now: datetime) -> Decision
     """The rules' decision, with the approval gate of the first wave (before anything opens)."""
     if progress.state is R.PENDING and plan[0].requires_approval and progress.approved_through < 0:
         return AwaitApproval(0)
-    return next_decision(progress, plan, now)
+    decision = next_decision(progress, plan, now)
+    if isinstance(decision, Halt) and plan[0].kind == "all" and progress.overall.done:
+        # The empty policy has one wave and no error threshold: there is nothing left to hold
+        # back, so falling short of 100% is a failed deployment (as before rollouts), not a halt.
+        return Finish(failed=True)
+    return decision
 
 
 def _apply(
