@@ -14,7 +14,6 @@ from sqlalchemy import (
     CursorResult,
     Select,
     and_,
-    case,
     exists,
     func,
     insert,
@@ -354,16 +353,13 @@ def add_rollback_devices(
     session: Session, *, parent: Deployment, rollback: Deployment, only_failed: bool, now: datetime
 ) -> list[tuple[str, str]]:
     """Copy the parent's failed (or all released) devices into the rollback deployment, released at
-    once (devices already on the rollback release are recorded as such), in one INSERT ... SELECT;
-    (device, state) of each."""
+    once, in one INSERT ... SELECT; (device, state) of each. Every one is asked (``pending``), even
+    one the server records on the rollback release: a failed device's state is what it reports,
+    and a device that is on that release answers ``already_installed`` itself."""
     which = (
         DeploymentDevice.state.in_(_values(FAILURES))
         if only_failed
         else DeploymentDevice.released_at.is_not(None)
-    )
-    state = case(
-        (Device.release_id == rollback.release_id, literal(S.ALREADY_INSTALLED.value)),
-        else_=literal(S.PENDING.value),
     )
     moment = DeploymentDevice.__table__.c.updated_at.type
     source = (
@@ -371,17 +367,13 @@ def add_rollback_devices(
             literal(rollback.tenant_id),
             literal(rollback.id),
             DeploymentDevice.device_id,
-            state,
+            literal(S.PENDING.value),
             literal(0),
             literal(0),
             literal(now, type_=moment),
             literal(now, type_=moment),
         )
         .select_from(DeploymentDevice)
-        .join(
-            Device,
-            and_(Device.tenant_id == DeploymentDevice.tenant_id, Device.id == DeploymentDevice.device_id),
-        )
         .where(_of(parent), which)
     )
     statement = (

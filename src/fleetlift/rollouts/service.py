@@ -432,14 +432,13 @@ def _roll_back(
         now=now,
         data={"wave": 0, "name": "all devices", "devices": len(rows)},
     )
-    for state in (S.PENDING, S.ALREADY_INSTALLED):
-        repository.emit_device_states(
-            session,
-            deployment=rollback,
-            moved=[(device_id, 0) for device_id, row_state in rows if row_state == state.value],
-            state=state,
-            now=now,
-        )
+    repository.emit_device_states(
+        session,
+        deployment=rollback,
+        moved=[(device_id, 0) for device_id, _ in rows],
+        state=S.PENDING,
+        now=now,
+    )
     repository.emit(
         session,
         deployment=parent,
@@ -447,7 +446,7 @@ def _roll_back(
         now=now,
         data={"rollback_deployment_id": rollback.id, "devices": len(rows), "release_id": release.id},
     )
-    return [device_id for device_id, state in rows if state == S.PENDING.value]
+    return [device_id for device_id, _ in rows]
 
 
 def _time_out(session: Session, deployment: Deployment, policy: RolloutPolicy, now: datetime) -> None:
