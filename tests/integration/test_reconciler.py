@@ -324,3 +324,16 @@ def test_two_replicas_drive_one_rollout_without_opening_a_wave_or_releasing_a_de
             )
         )
     assert states == {"succeeded": 120}
+
+
+def test_a_pass_steps_every_rollout_page_by_page(database: str, factory: Factory) -> None:
+    sessions = factory(database)
+    caller, release_id = fleet(sessions, 6)
+    tenant = caller.tenant_id
+    first = start(sessions, caller, release_id, {"waves": [{"count": 1}]})
+    second = start(sessions, caller, release_id, {"waves": [{"count": 2}]})
+    for deployment_id in (first, second):
+        for device_id in pending(sessions, tenant, deployment_id):
+            succeed(sessions, tenant, deployment_id, device_id)
+    released = Reconciler(sessions=sessions, batch=1).run_once()
+    assert len(released[tenant]) == 5 + 4  # the next wave of each, found one per page

@@ -39,7 +39,7 @@ DEFAULT_INTERVAL = 1.0
 # Wake-ups closer together than this share a pass: a wave of devices reporting at once must not
 # turn into one full pass per report.
 MIN_GAP = 0.1
-BATCH = 500  # rollouts looked at per pass
+BATCH = 500  # rollouts listed per query of a pass
 
 
 class Reconciler:
@@ -93,14 +93,19 @@ class Reconciler:
     def run_once(self, now: datetime | None = None) -> dict[str, list[str]]:
         """One pass over every rollout that may have work; released devices per tenant."""
         now = now or self.clock()
-        with self.sessions() as session:
-            found = repository.candidates(session, now=now, limit=self.batch)
         released: dict[str, list[str]] = defaultdict(list)
-        for tenant_id, deployment_id in found:
-            try:
-                released[tenant_id] += self.step(tenant_id, deployment_id, now=now)
-            except Exception:
-                log.exception("could not step rollout %s", deployment_id)
+        after: tuple[str, str] | None = None
+        while True:  # page by page, so every rollout gets its step however many there are
+            with self.sessions() as session:
+                found = repository.candidates(session, now=now, limit=self.batch, after=after)
+            for tenant_id, deployment_id in found:
+                try:
+                    released[tenant_id] += self.step(tenant_id, deployment_id, now=now)
+                except Exception:
+                    log.exception("could not step rollout %s", deployment_id)
+            if len(found) < self.batch:
+                break
+            after = found[-1]
         self.passes += 1
         return {tenant: ids for tenant, ids in released.items() if ids}
 

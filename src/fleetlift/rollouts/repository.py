@@ -85,20 +85,26 @@ def lock(session: Session, *, tenant_id: str, deployment_id: str, skip_locked: b
     return session.scalars(query).first()
 
 
-def candidates(session: Session, *, now: datetime, limit: int) -> list[tuple[str, str]]:
-    """(tenant, deployment) of every rollout that may have work: active, started, not deleted, and
-    not finished (a finished dynamic rollout still takes in devices that match later)."""
-    query = (
-        select(Deployment.tenant_id, Deployment.id)
-        .where(
-            Deployment.phase == Phase.ACTIVE.value,
-            Deployment.deleted_at.is_(None),
-            or_(Deployment.start_at.is_(None), Deployment.start_at <= now),
-            or_(Deployment.rollout_state != "finished", Deployment.policy["dynamic"].as_boolean()),
-        )
-        .order_by(Deployment.updated_at, Deployment.id)
-        .limit(limit)
+def candidates(
+    session: Session, *, now: datetime, limit: int, after: tuple[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """(tenant, deployment) of the rollouts that may have work: active, started, not deleted, and
+    not finished (a finished dynamic rollout still takes in devices that match later); a page of
+    ``limit`` in (tenant, ID) order, after ``after``."""
+    query = select(Deployment.tenant_id, Deployment.id).where(
+        Deployment.phase == Phase.ACTIVE.value,
+        Deployment.deleted_at.is_(None),
+        or_(Deployment.start_at.is_(None), Deployment.start_at <= now),
+        or_(Deployment.rollout_state != "finished", Deployment.policy["dynamic"].as_boolean()),
     )
+    if after is not None:
+        query = query.where(
+            or_(
+                Deployment.tenant_id > after[0],
+                and_(Deployment.tenant_id == after[0], Deployment.id > after[1]),
+            )
+        )
+    query = query.order_by(Deployment.tenant_id, Deployment.id).limit(limit)
     return [(tenant, deployment) for tenant, deployment in session.execute(query)]
 
 
