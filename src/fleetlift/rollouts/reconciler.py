@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 1.0
 # Wake-ups closer together than this share a pass: a wave of devices reporting at once must not
-# turn into one full pass per report.
+# turn into one full pass per report (and a slow pass stretches the gap: at most a third of the
+# time is spent in passes).
 MIN_GAP = 0.1
 BATCH = 500  # rollouts listed per query of a pass
 
@@ -138,16 +140,21 @@ class Reconciler:
         with self._lock:
             self._loop, self._wakeup = asyncio.get_running_loop(), wakeup
         try:
+            gap = self.min_gap
             while not self._stopping:
-                await asyncio.sleep(self.min_gap)
+                await asyncio.sleep(gap)
                 if self._stopping:
                     break
                 wakeup.clear()
+                started = time.monotonic()
                 try:
                     released = await anyio.to_thread.run_sync(self.run_once)
                 except Exception:  # the database may be briefly unavailable; the next pass retries
                     log.exception("reconciler pass failed")
                     released = {}
+                # Woken without pause (devices report all the time in a big wave), passes would
+                # keep the database busy counting: rest twice as long as the last pass took.
+                gap = min(max(self.min_gap, 2 * (time.monotonic() - started)), self.interval)
                 for tenant_id, device_ids in released.items():
                     await self.notify(tenant_id, device_ids)
                 # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
