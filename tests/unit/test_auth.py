@@ -20,7 +20,12 @@ P = Permission
 
 def test_matrix() -> None:
     assert ROLE_PERMISSIONS[Role.ADMIN] == frozenset(Permission)
-    assert ROLE_PERMISSIONS[Role.VIEWER] == {P.DEVICES_READ, P.RELEASES_READ, P.DEPLOYMENTS_READ}
+    assert ROLE_PERMISSIONS[Role.VIEWER] == {
+        P.DEVICES_READ,
+        P.RELEASES_READ,
+        P.DEPLOYMENTS_READ,
+        P.EVENTS_READ,
+    }
     assert ROLE_PERMISSIONS[Role.DEVELOPER] - ROLE_PERMISSIONS[Role.VIEWER] == {
         P.RELEASES_WRITE,
         P.DEPLOYMENTS_WRITE,

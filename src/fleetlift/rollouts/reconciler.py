@@ -69,6 +69,7 @@ class Reconciler:
         self._stopping = False
         self._wakeup: asyncio.Event | None = None
         self._lock = threading.Lock()
+        self._notifying: set[asyncio.Task[None]] = set()
 
     # -- one deployment, one pass ------------------------------------------------------------
 
@@ -156,7 +157,9 @@ class Reconciler:
                 # keep the database busy counting: rest twice as long as the last pass took.
                 gap = min(max(self.min_gap, 2 * (time.monotonic() - started)), self.interval)
                 for tenant_id, device_ids in released.items():
-                    await self.notify(tenant_id, device_ids)
+                    # A channel may take a while to fan a wave out (MQTT waits for the broker's
+                    # acknowledgements): the next pass must not wait for it.
+                    self._notify_in_background(tenant_id, device_ids)
                 # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation
                 # that arrives as the wake-up does, and the loop would never end.
                 woken = asyncio.ensure_future(wakeup.wait())
@@ -167,6 +170,8 @@ class Reconciler:
         finally:
             with self._lock:
                 self._wakeup = None
+            for task in list(self._notifying):  # shutting down: devices still poll
+                task.cancel()
 
     # -- telling devices ---------------------------------------------------------------------
 
@@ -180,6 +185,11 @@ class Reconciler:
             await channel.notify(tenant_id, list(device_ids))
         except Exception:
             log.exception("could not notify %d released devices", len(device_ids))
+
+    def _notify_in_background(self, tenant_id: str, device_ids: Sequence[str]) -> None:
+        task = asyncio.get_running_loop().create_task(self.notify(tenant_id, list(device_ids)))
+        self._notifying.add(task)  # asyncio keeps only weak references to tasks
+        task.add_done_callback(self._notifying.discard)
 
     def notify_soon(self, tenant_id: str, device_ids: Sequence[str]) -> None:
         """``notify`` from any thread, on the loop (devices released by a request's transaction)."""
