@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -49,6 +50,25 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+def create_private_once(path: Path, data: bytes) -> None:
+    """Create ``path`` holding ``data`` (0600) unless it exists already, atomically across
+    processes: server workers starting together on a fresh data directory all end up with the key
+    the first one wrote, never with one each."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # link() fails when the name exists: the one process that links first wins.
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 class LocalIssuer:
     """Issues and publishes keys for tokens of the embedded default."""
 
@@ -71,8 +91,7 @@ class LocalIssuer:
     def _load_or_create(self) -> ec.EllipticCurvePrivateKey:
         with self._lock:
             if not self.key_path.exists():
-                key = ec.generate_private_key(ec.SECP256R1())
-                _write_private(self.key_path, self._pem(key))
+                create_private_once(self.key_path, self._pem(ec.generate_private_key(ec.SECP256R1())))
             loaded = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{self.key_path} does not hold an EC private key")

@@ -85,9 +85,15 @@ def current_device(
     """The device behind the device token; 401 for anything else (management tokens included)."""
     if credentials is None or not credentials.credentials:
         raise Unauthenticated("a device token is required")
-    return service.device_of_token(
+    device = service.device_of_token(
         session=session, tokens=request.app.state.device_tokens, token=credentials.credentials
     )
+    # End the read transaction: the connection goes back to the pool while this request waits
+    # for a worker thread to run its endpoint. Holding it there let a burst of device requests
+    # take every connection while the threads that would finish them waited for one (a 30 s
+    # stall, docs/benchmarks.md). The device stays loaded (sessions do not expire on commit).
+    session.commit()
+    return device
 
 
 CurrentDevice = Annotated[Device, Depends(current_device)]

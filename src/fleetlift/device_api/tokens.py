@@ -21,6 +21,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fleetlift.auth.local_issuer import create_private_once
 from fleetlift.errors import Unauthenticated
 
 ISSUER = "fleetlift-devices"
@@ -82,12 +83,10 @@ class DeviceTokens:
         self.ttl = ttl
         self.verified = VerifiedTokens(cache_size)
         if not key_path.exists():
-            key_path.parent.mkdir(parents=True, exist_ok=True)
             pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
-            key_path.touch(mode=0o600)
-            key_path.write_bytes(pem)
+            create_private_once(key_path, pem)
         loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{key_path} does not hold an EC private key")
