@@ -32,7 +32,7 @@ test: $(VENV)/.installed-test node_modules/.installed
 	scripts/install-test-tools.sh
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy --strict src/fleetlift src/fleetlift_agent src/fleetlift_sim
+	$(BIN)/mypy --strict src/fleetlift src/fleetlift_agent src/fleetlift_sim src/fleetlift_wire
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test

@@ -15,52 +15,11 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+
+from fleetlift_wire.mqtt import BrokerAddress, check_topic, usable_level
 
 log = logging.getLogger("fleetlift_agent")
-
-_FORBIDDEN_IN_LEVEL = frozenset("/+#\0")
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """``mqtt[s]://user:password@host:port[?ca=/path/ca.pem]``, parsed."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str | None
-    password: str | None
-    ca_file: str | None
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError("the MQTT URL must start with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ValueError("the MQTT URL names no host")
-        tls = parts.scheme == "mqtts"
-        query = parse_qs(parts.query)
-        return cls(
-            host=parts.hostname,
-            port=parts.port or (8883 if tls else 1883),
-            tls=tls,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            ca_file=query["ca"][0] if "ca" in query else None,
-        )
-
-    def __str__(self) -> str:
-        """For logs: never the password."""
-        user = f"{self.username}@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
-
-
-def check_topic(prefix: str, tenant_id: str, device_id: str) -> str:
-    return f"{prefix}/{tenant_id}/devices/{device_id}/check"
 
 
 class CheckSubscriber:
@@ -87,7 +46,7 @@ class CheckSubscriber:
         with self._lock:
             if self._client is not None:
                 return
-            if _FORBIDDEN_IN_LEVEL & set(tenant_id + device_id):
+            if not (usable_level(tenant_id) and usable_level(device_id)):
                 log.warning("device %r of tenant %r cannot name an MQTT topic", device_id, tenant_id)
                 self._client = False
                 return

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from fleetlift.channels.mqtt import MqttChannel
-from fleetlift_agent.mqtt import BrokerAddress, CheckSubscriber
+from fleetlift_agent.mqtt import CheckSubscriber
+from fleetlift_wire.mqtt import BrokerAddress
 
 from ..mosquitto import ensure_local_broker, private_broker, tls_files
 from ..ports import free_port

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetlift.channels.mqtt import BrokerAddress, MqttChannel, check_topic
+from fleetlift.channels.mqtt import MqttChannel
+from fleetlift_wire.mqtt import BrokerAddress, check_topic
 
 from ..mosquitto import Listener, ensure_local_broker, private_broker, tls_files
 from ..ports import free_port

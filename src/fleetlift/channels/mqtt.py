@@ -24,12 +24,12 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from fleetlift_wire.mqtt import BrokerAddress, usable_level
 
 log = logging.getLogger(__name__)
 
@@ -37,51 +37,6 @@ PAYLOAD = b'{"check":true}'
 DEFAULT_WINDOW = 1000  # unacknowledged messages at most (paho's in-flight limit is set to the same)
 STALL_TIMEOUT = 30.0  # seconds without an acknowledgement before the rest of a fan-out is dropped
 CONNECT_GRACE = 5.0  # right after start, notify waits this long for the first connection
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where the broker is and how to log in, parsed from ``mqtt[s]://user:password@host:port``."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str | None
-    password: str | None
-    ca_file: str | None
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError("an MQTT broker URL starts with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ValueError("the MQTT broker URL names no host")
-        tls = parts.scheme == "mqtts"
-        query = parse_qs(parts.query)
-        return cls(
-            host=parts.hostname,
-            port=parts.port or (8883 if tls else 1883),
-            tls=tls,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            ca_file=query["ca"][0] if "ca" in query else None,  # a private CA: mqtts://...?ca=/etc/ca.pem
-        )
-
-    def __str__(self) -> str:
-        """The address as logs may show it: the user name, never the password."""
-        user = f"{self.username}@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
-
-
-def check_topic(prefix: str, tenant_id: str, device_id: str) -> str:
-    """The topic a device subscribes to."""
-    return f"{prefix}/{tenant_id}/devices/{device_id}/check"
-
-
-def usable_level(value: str) -> bool:
-    """Whether a tenant or device ID can be one topic level (no ``/``, ``+``, ``#``)."""
-    return bool(value) and "/" not in value and "+" not in value and "#" not in value and "\0" not in value
 
 
 class MqttChannel:
