@@ -16,7 +16,6 @@ Every gateway of a fleet polls, so this is the request the server answers most:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -41,6 +40,7 @@ from fleetlift.device_api.tokens import DeviceClaims, DeviceTokens
 from fleetlift.errors import Unauthenticated
 from fleetlift.events import repository as events
 from fleetlift.releases import repository as releases
+from fleetlift.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -74,62 +74,13 @@ class PollAnswer:
     forced: bool = False  # the rollout's mode: install as soon as possible, no deferring
 
 
-class PollNotifier:
-    """Wakes the long polls of this process when a deployment of their tenant changes.
-
-    ``signal`` may be called from any thread (services commit in the thread pool); waiters live on
-    event loops. A per-tenant generation closes the race between a poll's database check and its
-    wait: a change committed in between makes the wait return at once."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._generations: dict[str, int] = {}
-        self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
-
-    def generation(self, tenant_id: str) -> int:
-        return self._generations.get(tenant_id, 0)
+class PollNotifier(Wakeups):
+    """Wakes the long polls of this process when a deployment of their tenant changes (keys are
+    tenant IDs)."""
 
     def signal(self, tenant_ids: Iterable[str]) -> None:
         """Deployments of these tenants changed: wake their waiting polls."""
-        woken: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        with self._lock:
-            for tenant_id in tenant_ids:
-                self._generations[tenant_id] = self._generations.get(tenant_id, 0) + 1
-                woken.extend(self._waiters.pop(tenant_id, ()))
-        for loop, future in woken:
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there any more
-                loop.call_soon_threadsafe(_resolve, future)
-
-    async def wait(self, tenant_id: str, since: int, timeout: float) -> bool:
-        """Wait until the tenant's generation moves past ``since`` (True) or ``timeout`` passes."""
-        loop = asyncio.get_running_loop()
-        entry = (loop, loop.create_future())
-        with self._lock:
-            if self._generations.get(tenant_id, 0) != since:
-                return True
-            self._waiters.setdefault(tenant_id, set()).add(entry)
-        try:
-            await asyncio.wait_for(entry[1], timeout)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            with self._lock:
-                waiting = self._waiters.get(tenant_id)
-                if waiting is not None:
-                    waiting.discard(entry)
-                    if not waiting:
-                        del self._waiters[tenant_id]
-
-    def waiting(self) -> int:
-        """How many polls wait (for metrics and tests)."""
-        with self._lock:
-            return sum(len(entries) for entries in self._waiters.values())
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        self.wake(tenant_ids)
 
 
 _CHANGED_TENANTS = "fleetlift.deployments_changed"

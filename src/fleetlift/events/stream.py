@@ -8,7 +8,6 @@ processes (replicas, the CLI) arrive too, a second later at most.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import threading
@@ -25,6 +24,7 @@ from starlette.requests import Request
 from fleetlift.events import repository
 from fleetlift.events.models import Event
 from fleetlift.events.rules import settled_horizon
+from fleetlift.wakeups import Wakeups
 
 ANY = "*"  # waiters on every tenant (the webhook dispatcher)
 KEEPALIVE_SECONDS = 15.0
@@ -33,66 +33,14 @@ SCAN = 1000  # event numbers checked for gaps per read
 PAGE = 500  # events sent per read
 
 
-class EventHub:
+class EventHub(Wakeups):
     """Wakes event readers of this process: per-tenant generations, bumped after each commit that
-    emitted events of the tenant. ``signal`` may be called from any thread; waiters live on event
-    loops. ``close`` ends every stream (server shutdown)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._generations: dict[str, int] = {}
-        self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
-        self.closed = False
-
-    def generation(self, key: str) -> int:
-        return self._generations.get(key, 0)
+    emitted events of the tenant (and ``ANY``, for the dispatcher). ``close`` ends every stream
+    (server shutdown)."""
 
     def signal(self, tenant_ids: Iterable[str]) -> None:
         """Events of these tenants were committed: wake their readers (and the dispatcher)."""
-        self._wake([*tenant_ids, ANY])
-
-    def close(self) -> None:
-        """Wake every reader for good: streams end, the dispatcher stops waiting."""
-        self.closed = True
-        with self._lock:
-            keys = list(self._waiters)
-        self._wake(keys)
-
-    def _wake(self, keys: Iterable[str]) -> None:
-        woken: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        with self._lock:
-            for key in keys:
-                self._generations[key] = self._generations.get(key, 0) + 1
-                woken.extend(self._waiters.pop(key, ()))
-        for loop, future in woken:
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there any more
-                loop.call_soon_threadsafe(_resolve, future)
-
-    async def wait(self, key: str, since: int, timeout: float) -> bool:
-        """Wait until ``key``'s generation moves past ``since`` (True) or ``timeout`` passes."""
-        loop = asyncio.get_running_loop()
-        entry = (loop, loop.create_future())
-        with self._lock:
-            if self.closed or self._generations.get(key, 0) != since:
-                return True
-            self._waiters.setdefault(key, set()).add(entry)
-        try:
-            await asyncio.wait_for(entry[1], timeout)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            with self._lock:
-                waiting = self._waiters.get(key)
-                if waiting is not None:
-                    waiting.discard(entry)
-                    if not waiting:
-                        del self._waiters[key]
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        self.wake([*tenant_ids, ANY])
 
 
 def install_session_hooks(sessions: sessionmaker[Session], hub: EventHub) -> None:
