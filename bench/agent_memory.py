@@ -19,15 +19,9 @@ from pathlib import Path
 
 import httpx
 
+from machine import free_port
+
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_kib(pid: int) -> tuple[int, int]:

@@ -28,11 +28,9 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -58,6 +56,7 @@ from fleetlift.ids import new_id
 from fleetlift.migrate import upgrade
 from fleetlift.releases.models import Release
 from fleetlift.tenants import repository as tenants
+from machine import free_port, machine
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
@@ -150,26 +149,6 @@ def ensure_wrk() -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    load = os.getloadavg()
-    return (
-        f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, SQLite "
-        f"{sqlite3.sqlite_version}, {platform.platform()}, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(url: str, process: subprocess.Popen[bytes], seconds: float = 120) -> None:
@@ -632,7 +611,7 @@ def main() -> None:
     parser.add_argument("--skip-goosebit", action="store_true")
     args = parser.parse_args()
     ensure_wrk()
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {machine(f'SQLite {sqlite3.sqlite_version}')}", flush=True)
     results: list[Figures] = []
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)

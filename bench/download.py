@@ -19,7 +19,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from machine import free_port
 
 BIN = Path(sys.executable).parent
 
@@ -83,12 +84,6 @@ def ensure_tools() -> None:
             check=True,
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
         )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(url: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -28,7 +27,6 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,6 +35,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetlift.channels.mqtt import PAYLOAD, MqttChannel
+from machine import machine
 
 
 @dataclass
@@ -53,21 +52,11 @@ class Round:
         return self.acknowledged / self.seconds
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    load = os.getloadavg()
+def broker_and_client() -> tuple[str, str]:
+    """The broker's and paho's versions, for the machine line."""
     usage = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True, check=False).stdout
     broker = usage.splitlines()[0] if usage else "mosquitto (version unknown)"
-    paho = metadata.version("paho-mqtt")
-    return (
-        f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, paho-mqtt {paho}, "
-        f"{broker}, {platform.platform()}, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
-    )
+    return f"paho-mqtt {metadata.version('paho-mqtt')}", broker
 
 
 def ensure_broker(host: str, port: int) -> None:
@@ -222,7 +211,7 @@ def main() -> None:
     ensure_broker(parts.hostname or "127.0.0.1", parts.port or 1883)
     devices = [f"gw-{index:06d}" for index in range(args.devices)]
     run_id = f"{os.getpid()}x{int(time.time()) % 100000}"
-    print(machine())
+    print(machine(*broker_and_client()))
     print(
         f"{args.devices:,} devices, QoS 1, window {args.window}, broker {parts.hostname}:{parts.port or 1883}"
     )

@@ -42,10 +42,8 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -69,6 +67,7 @@ from fleetlift.ids import new_id
 from fleetlift.migrate import upgrade
 from fleetlift.releases.models import Release
 from fleetlift.tenants import repository as tenants
+from machine import free_port, machine
 
 BIN = Path(sys.executable).parent
 TENANT = "default"
@@ -86,25 +85,6 @@ FROM generate_series(0, :count - 1) AS n
 
 # Counts statements in every server process (see the file).
 SITECUSTOMIZE = Path(__file__).with_name("rollout_sitecustomize.py")
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    load = os.getloadavg()
-    return (
-        f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}, "
-        f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- processes' CPU, from /proc --------------------------------------------------------------------
