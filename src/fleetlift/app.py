@@ -32,8 +32,9 @@ from fleetlift.context import Caller
 from fleetlift.db import make_engine, make_session_factory
 from fleetlift.deployments import routes as deployment_routes
 from fleetlift.device_api import routes as device_routes_protocol
-from fleetlift.device_api.fastpath import POLL_PATH, PollFastPath
+from fleetlift.device_api.fastpath import POLL_PATH, STATUS_ROUTE, DeviceFastPath
 from fleetlift.device_api.poll import DevicePoller, PollNotifier, install_session_hooks
+from fleetlift.device_api.reports import ReportBatcher
 from fleetlift.device_api.tokens import DeviceTokens
 from fleetlift.devices import routes as device_routes
 from fleetlift.enrollment import routes as enrollment_routes
@@ -263,7 +264,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Long polls wake when this process commits a deployment change (other processes: re-checks).
     notifier = PollNotifier()
     install_session_hooks(sessions, notifier)
+    # Status reports (and the poll's "notified") are written in batches; an outcome wakes the reconciler.
+    app.state.device_reports = ReportBatcher(sessions)
     app.state.device_poller = DevicePoller(
+        reports=app.state.device_reports,
         engine=engine,
         sessions=sessions,
         tokens=app.state.device_tokens,
@@ -279,6 +283,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sessions=sessions, channel=app.state.device_channel, interval=settings.reconcile_interval_seconds
     )
     install_release_hooks(sessions, app.state.reconciler.notify_soon)
+    app.state.device_reports.on_outcomes = app.state.reconciler.wake
     app.state.image_checks = ImageChecks(
         registry=app.state.image_registry,
         secrets=app.state.secrets,
@@ -312,9 +317,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
-    # The device poll, the request a fleet sends most, skips the framework's routing (inside the guard).
-    poll_route = next(r for r in device_routes_protocol.router.routes if getattr(r, "path", "") == POLL_PATH)
-    app.add_middleware(PollFastPath, state=app.state, route=poll_route)
+    # The device poll and status report, the requests a fleet sends most, skip the framework's
+    # routing (inside the guard).
+    routes = {getattr(r, "path", ""): r for r in device_routes_protocol.router.routes}
+    app.add_middleware(
+        DeviceFastPath,
+        state=app.state,
+        route=routes[POLL_PATH],
+        report_route=routes[STATUS_ROUTE],
+    )
     app.add_middleware(
         RequestGuard,
         max_body_bytes=settings.max_request_bytes,

@@ -62,7 +62,7 @@ async def _send_problem(send: Send, status: int, title: str, detail: str, reques
     await send({"type": "http.response.body", "body": body})
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
     """A receive channel that hands out ``body`` once, then whatever the client sends next."""
     delivered = False
 
@@ -157,7 +157,7 @@ class RequestGuard:
                 if len(body) > self.max_body_bytes:
                     await too_large()
                     return
-            receive = _replay(bytes(body), receive)
+            receive = replay_body(bytes(body), receive)
 
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":

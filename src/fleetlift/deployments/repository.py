@@ -16,12 +16,14 @@ from sqlalchemy import (
     Engine,
     Insert,
     Select,
+    Table,
     and_,
     bindparam,
     case,
     create_engine,
     except_,
     exists,
+    false,
     func,
     insert,
     literal,
@@ -30,6 +32,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.orm import Session, aliased
@@ -603,4 +606,124 @@ def advance_device_state(
         .values(state=new.value, updated_at=now)
         .returning(DeploymentDevice.wave)
         .execution_options(synchronize_session=False)
+    )
+
+
+# -- device reports, recorded in batches --------------------------------------------------------
+
+ReportKey = tuple[str, str, str]  # (tenant, deployment, device)
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """What recording a report needs: the device's state in the deployment, and its admission."""
+
+    state: str
+    wave: int
+    release_id: str
+    device_status: str
+    tokens_valid_after: datetime | None
+
+
+def lock_report_rows(session: Session, keys: Sequence[ReportKey]) -> dict[ReportKey, ReportRow]:
+    """The per-device rows of these (tenant, deployment, device) keys, locked for this transaction,
+    with their device's admission, in one statement; keys with no row are absent.
+
+    PostgreSQL: ``FOR UPDATE OF deployment_devices`` in key order, so two batches (or a batch and
+    a single report) take their locks in the same order and never deadlock each other. SQLite has
+    one writer at a time: a write that changes nothing takes the database's write lock first, so
+    what is read is what the batch then changes (a read first could be overtaken by another
+    process's commit)."""
+    if not keys:
+        return {}
+    ordered = sorted(set(keys))
+    dialect = _dialect(session)
+    if dialect != "postgresql":
+        session.execute(
+            update(DeploymentDevice)
+            .where(false())
+            .values(state=DeploymentDevice.state)
+            .execution_options(synchronize_session=False)
+        )
+    row = DeploymentDevice
+    query = (
+        select(
+            row.tenant_id,
+            row.deployment_id,
+            row.device_id,
+            row.state,
+            row.wave,
+            Deployment.release_id,
+            Device.status,
+            Device.tokens_valid_after,
+        )
+        .join(Deployment, and_(Deployment.tenant_id == row.tenant_id, Deployment.id == row.deployment_id))
+        .join(Device, and_(Device.tenant_id == row.tenant_id, Device.id == row.device_id))
+        .where(tuple_(row.tenant_id, row.deployment_id, row.device_id).in_(ordered))
+        .order_by(row.tenant_id, row.deployment_id, row.device_id)
+    )
+    if dialect == "postgresql":
+        query = query.with_for_update(of=DeploymentDevice)
+    return {
+        (tenant, deployment, device): ReportRow(state, wave, release_id, status, valid_after)
+        for tenant, deployment, device, state, wave, release_id, status, valid_after in session.execute(query)
+    }
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """A device's new state in a deployment, from one of its reports."""
+
+    key: ReportKey
+    state: str
+    detail: str | None
+
+
+def write_device_states(session: Session, changes: Sequence[StateChange], now: datetime) -> None:
+    """Write the new states of many (locked) rows in one executemany UPDATE by primary key."""
+    if not changes:
+        return
+    table = cast("Table", DeploymentDevice.__table__)
+    session.execute(
+        update(table)
+        .where(
+            table.c.tenant_id == bindparam("k_tenant"),
+            table.c.deployment_id == bindparam("k_deployment"),
+            table.c.device_id == bindparam("k_device"),
+        )
+        .values(state=bindparam("v_state"), detail=bindparam("v_detail"), updated_at=bindparam("v_at")),
+        [
+            {
+                "k_tenant": change.key[0],
+                "k_deployment": change.key[1],
+                "k_device": change.key[2],
+                "v_state": change.state,
+                "v_detail": change.detail,
+                "v_at": now,
+            }
+            for change in changes
+        ],
+    )
+
+
+def record_installed_releases(
+    session: Session, installed: Sequence[tuple[str, str, str]], now: datetime
+) -> None:
+    """(tenant, device, release) of devices that now run a release, in one executemany UPDATE
+    (the row version moves, as any change to a device does)."""
+    if not installed:
+        return
+    table = cast("Table", Device.__table__)
+    session.execute(
+        update(table)
+        .where(table.c.tenant_id == bindparam("k_tenant"), table.c.id == bindparam("k_device"))
+        .values(
+            release_id=bindparam("v_release"),
+            updated_at=bindparam("v_at"),
+            row_version=table.c.row_version + 1,
+        ),
+        [
+            {"k_tenant": tenant, "k_device": device, "v_release": release, "v_at": now}
+            for tenant, device, release in installed
+        ],
     )

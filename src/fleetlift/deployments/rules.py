@@ -120,6 +120,24 @@ def server_transition(current: DeviceUpdateState, wanted: DeviceUpdateState) -> 
     raise IllegalTransition(f"the server cannot move a device from {current.value} to {wanted.value}")
 
 
+@dataclass(frozen=True)
+class DeviceReport:
+    """A device's progress report on one of its deployments (or the poll's note that it was told)."""
+
+    tenant_id: str
+    deployment_id: str
+    device_id: str
+    state: DeviceUpdateState
+    detail: str | None = None
+    # When the token the report came with was issued; ``None`` when the caller checked admission.
+    token_issued_at: datetime | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(tenant, deployment, device): the row the report is about."""
+        return (self.tenant_id, self.deployment_id, self.device_id)
+
+
 class Phase(StrEnum):
     """The operator's intent for a deployment."""
 

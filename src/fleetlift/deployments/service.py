@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,6 +19,7 @@ from fleetlift.deployments.rules import (
     DeploymentContent,
     DeploymentFields,
     DeploymentStatus,
+    DeviceReport,
     DeviceUpdateState,
     Phase,
     UpdateRefusal,
@@ -34,7 +35,16 @@ from fleetlift.deployments.schemas import (
 )
 from fleetlift.devices import repository as devices
 from fleetlift.devices.models import Device
-from fleetlift.errors import Conflict, FieldError, IllegalTransition, Incompatible, InvalidInput, NotFound
+from fleetlift.errors import (
+    Conflict,
+    FieldError,
+    FleetliftError,
+    IllegalTransition,
+    Incompatible,
+    InvalidInput,
+    NotFound,
+    Unauthenticated,
+)
 from fleetlift.etags import check_if_match
 from fleetlift.events import repository as events
 from fleetlift.ids import new_id
@@ -584,6 +594,74 @@ def _effective(
     return rules.effective_deployment(live)
 
 
+# Why an admitted device's token no longer counts (``device_api.rules.token_refusal``): given the
+# device's status, since when its tokens count and when this one was issued; ``None`` when it does.
+Refusal = Callable[[str, datetime | None, datetime], str | None]
+
+
+def record_device_reports(
+    *,
+    session: Session,
+    reports: Sequence[DeviceReport],
+    now: datetime,
+    refusal: Refusal | None = None,
+) -> list[DeviceUpdateState | FleetliftError]:
+    """Apply many status reports through the state machine in one transaction (group commit: the
+    rows are read and locked in one statement, changed in one, their events written in one), and
+    commit. Each report gets its state after it, or the error that refused it (not part of the
+    deployment, token refused, an impossible transition) without failing the others. Reports on
+    one row apply in order; duplicates and late reports change nothing; a success records the
+    release the device now runs."""
+    rows = repository.lock_report_rows(session, [report.key for report in reports])
+    current = {key: DeviceUpdateState(row.state) for key, row in rows.items()}
+    changes: dict[repository.ReportKey, repository.StateChange] = {}
+    emitted: list[dict[str, object]] = []
+    installed: list[tuple[str, str, str]] = []
+    outcomes: list[DeviceUpdateState | FleetliftError] = []
+    for report in reports:
+        row = rows.get(report.key)
+        if row is None:
+            outcomes.append(
+                NotFound(f"device '{report.device_id}' is not part of deployment '{report.deployment_id}'")
+            )
+            continue
+        if refusal is not None and report.token_issued_at is not None:
+            refused = refusal(row.device_status, row.tokens_valid_after, report.token_issued_at)
+            if refused is not None:
+                outcomes.append(Unauthenticated(refused))
+                continue
+        try:
+            outcome = rules.transition(current[report.key], report.state)
+        except IllegalTransition as error:
+            outcomes.append(error)
+            continue
+        outcomes.append(outcome.state)
+        if not outcome.changed:
+            continue
+        current[report.key] = outcome.state
+        changes[report.key] = repository.StateChange(report.key, outcome.state.value, report.detail)
+        data: dict[str, object] = {"state": outcome.state.value, "wave": row.wave}
+        if report.detail is not None:
+            data["detail"] = report.detail[:500]
+        emitted.append(
+            {
+                "tenant_id": report.tenant_id,
+                "type": "device.update_state",
+                "deployment_id": report.deployment_id,
+                "device_id": report.device_id,
+                "data": data,
+                "created_at": now,
+            }
+        )
+        if outcome.state is DeviceUpdateState.SUCCEEDED:
+            installed.append((report.tenant_id, report.device_id, row.release_id))
+    repository.write_device_states(session, list(changes.values()), now)
+    events.emit_many(session, emitted)
+    repository.record_installed_releases(session, installed, now)
+    session.commit()
+    return outcomes
+
+
 def record_device_report(
     *,
     session: Session,
@@ -593,38 +671,15 @@ def record_device_report(
     state: DeviceUpdateState,
     detail: str | None = None,
 ) -> DeviceUpdateState:
-    """Apply a device's status report through the state machine; a success records the release
-    the device now runs. Duplicates and late reports are harmless."""
-    row = repository.get_device_state(
-        session, tenant_id=tenant_id, deployment_id=deployment_id, device_id=device_id
+    """Apply one device's status report (``record_device_reports`` of one); its error raised."""
+    (outcome,) = record_device_reports(
+        session=session,
+        reports=[DeviceReport(tenant_id, deployment_id, device_id, state, detail)],
+        now=utcnow(),
     )
-    if row is None:
-        raise NotFound(f"device '{device_id}' is not part of deployment '{deployment_id}'")
-    outcome = rules.transition(DeviceUpdateState(row.state), state)
-    if outcome.changed:
-        row.state = outcome.state.value
-        row.detail = detail
-        row.updated_at = utcnow()
-        data: dict[str, object] = {"state": outcome.state.value, "wave": row.wave}
-        if detail is not None:
-            data["detail"] = detail[:500]
-        events.emit(
-            session,
-            tenant_id=tenant_id,
-            type="device.update_state",
-            now=row.updated_at,
-            deployment_id=deployment_id,
-            device_id=device_id,
-            data=data,
-        )
-        if outcome.state is DeviceUpdateState.SUCCEEDED:
-            deployment = session.get(Deployment, (tenant_id, deployment_id))
-            device = devices.get(session, tenant_id=tenant_id, device_id=device_id)
-            if deployment is not None and device is not None:
-                device.release_id = deployment.release_id
-                device.updated_at = row.updated_at
-    session.commit()
-    return outcome.state
+    if isinstance(outcome, FleetliftError):
+        raise outcome
+    return outcome
 
 
 def target_of(deployment: Deployment) -> Target:

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from sqlalchemy import Engine, event
@@ -33,14 +33,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleetlift.db import utcnow
 from fleetlift.deployments import repository as deployments
 from fleetlift.deployments.models import Deployment
-from fleetlift.deployments.rules import DeviceUpdateState, transition
+from fleetlift.deployments.rules import DeviceReport, DeviceUpdateState, transition
 from fleetlift.device_api import repository
 from fleetlift.device_api.rules import etag_matches, poll_etag, seen_is_stale, token_refusal
 from fleetlift.device_api.tokens import DeviceClaims, DeviceTokens
-from fleetlift.errors import Unauthenticated
-from fleetlift.events import repository as events
+from fleetlift.errors import FleetliftError, Unauthenticated
 from fleetlift.releases import repository as releases
 from fleetlift.wakeups import Wakeups
+
+if TYPE_CHECKING:
+    from fleetlift.device_api.reports import ReportBatcher
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,14 @@ class _MustWrite:
 _MUST_WRITE = _MustWrite()
 
 
+@dataclass(frozen=True)
+class _MustMark:
+    """A poll that tells the device of a deployment for the first time: ``pending`` becomes
+    ``notified`` before it is answered (with other polls' and reports' changes, in one batch)."""
+
+    deployment_id: str
+
+
 class DevicePoller:
     """Answers device polls; one per application (``app.state.device_poller``)."""
 
@@ -181,6 +191,7 @@ class DevicePoller:
         seen_resolution: timedelta = SEEN_RESOLUTION,
         recheck_seconds: float = RECHECK_SECONDS,
         inline_reads: bool = False,
+        reports: ReportBatcher,
     ) -> None:
         self.sessions = sessions
         self.query = deployments.PollQuery(engine)
@@ -193,6 +204,7 @@ class DevicePoller:
         self.notifier = notifier
         self.seen = SeenRecorder(seen_resolution)
         self.releases = ReleaseCache()
+        self.reports = reports  # the poll's own write (pending becomes notified) is batched with reports
         self.recheck_seconds = recheck_seconds
         self._limiter: tuple[asyncio.AbstractEventLoop, anyio.CapacityLimiter] | None = None
 
@@ -221,18 +233,24 @@ class DevicePoller:
             await self.notifier.wait(claims.tenant_id, generation, min(remaining, self.recheck_seconds))
 
     async def _check(self, claims: DeviceClaims, if_none_match: str | None) -> PollAnswer | None:
+        found: PollAnswer | _MustWrite | _MustMark | None = _MUST_WRITE
+        now = utcnow()
+        row: deployments.PollRow | None = None
         if self.inline_reads:
-            found = self._poll(claims, if_none_match, may_write=False)
-            if not isinstance(found, _MustWrite):
-                return found
+            row = self.query.run(tenant_id=claims.tenant_id, device_id=claims.device_id, now=now)
+            found = self._answer(claims, row, if_none_match, now, may_write=False, may_load=True)
         elif self.query.runs_on_loop:
             # PostgreSQL through psycopg: the query is awaited on the event loop; a poll that must
-            # write, or load a release not cached yet, is done again on a worker thread.
-            now = utcnow()
+            # load a release not cached yet is done again on a worker thread.
             row = await self.query.run_async(tenant_id=claims.tenant_id, device_id=claims.device_id, now=now)
             found = self._answer(claims, row, if_none_match, now, may_write=False, may_load=False)
-            if not isinstance(found, _MustWrite):
-                return found
+        if isinstance(found, _MustMark):
+            await self.reports.record(self._notified(claims, found.deployment_id))
+            found = self._answer(
+                claims, row, if_none_match, now, may_write=False, may_load=self.inline_reads, marked=True
+            )
+        if not isinstance(found, _MustWrite | _MustMark):
+            return found
         # As many threads as the poll query has connections: more would only wait for one (and
         # contend for the interpreter lock meanwhile) instead of waiting here, on the event loop.
         loop = asyncio.get_running_loop()
@@ -240,15 +258,20 @@ class DevicePoller:
             self._limiter = (loop, anyio.CapacityLimiter(deployments.POLL_QUERY_CONNECTIONS))
         return await anyio.to_thread.run_sync(self.check, claims, if_none_match, limiter=self._limiter[1])
 
+    @staticmethod
+    def _notified(claims: DeviceClaims, deployment_id: str) -> DeviceReport:
+        device, issued_at, notified = claims.device_id, claims.issued_at, DeviceUpdateState.NOTIFIED
+        return DeviceReport(claims.tenant_id, deployment_id, device, notified, None, issued_at)
+
     def check(self, claims: DeviceClaims, if_none_match: str | None) -> PollAnswer | None:
         """One poll: admission, the deployment, its ETag, and recording that the device was told."""
         found = self._poll(claims, if_none_match, may_write=True)
-        assert not isinstance(found, _MustWrite)
+        assert not isinstance(found, _MustWrite | _MustMark)
         return found
 
     def _poll(
         self, claims: DeviceClaims, if_none_match: str | None, *, may_write: bool
-    ) -> PollAnswer | _MustWrite | None:
+    ) -> PollAnswer | _MustWrite | _MustMark | None:
         """``check``; with ``may_write`` false, a poll that has to write stops before it does."""
         now = utcnow()
         row = self.query.run(tenant_id=claims.tenant_id, device_id=claims.device_id, now=now)
@@ -263,9 +286,11 @@ class DevicePoller:
         *,
         may_write: bool,
         may_load: bool,
-    ) -> PollAnswer | _MustWrite | None:
-        """The answer the poll query's row gives; ``_MUST_WRITE`` when it needs a write the caller
-        may not do, or (without ``may_load``) a release that is not cached."""
+        marked: bool = False,
+    ) -> PollAnswer | _MustWrite | _MustMark | None:
+        """The answer the poll query's row gives; ``_MustMark`` when the device must be recorded as
+        notified and the caller may not write (``marked``: the caller has recorded it), and
+        ``_MUST_WRITE`` for (without ``may_load``) a release that is not cached."""
         refusal = token_refusal(
             None if row is None else row.status,
             None if row is None else row.tokens_valid_after,
@@ -283,30 +308,12 @@ class DevicePoller:
             return None
         state = DeviceUpdateState(row.state)
         outcome = transition(state, DeviceUpdateState.NOTIFIED)
-        if outcome.changed:  # telling the device is recorded: pending becomes notified, once
+        if outcome.changed and not marked:  # telling the device is recorded: pending becomes notified, once
             if not may_write:
-                return _MUST_WRITE
-            with self.sessions() as session:
-                wave = deployments.advance_device_state(
-                    session,
-                    tenant_id=claims.tenant_id,
-                    deployment_id=row.deployment_id,
-                    device_id=claims.device_id,
-                    current=state,
-                    new=outcome.state,
-                    now=now,
-                )
-                if wave is not None:
-                    events.emit(
-                        session,
-                        tenant_id=claims.tenant_id,
-                        type="device.update_state",
-                        now=now,
-                        deployment_id=row.deployment_id,
-                        device_id=claims.device_id,
-                        data={"state": outcome.state.value, "wave": wave},
-                    )
-                session.commit()
+                return _MustMark(row.deployment_id)
+            (recorded,) = self.reports.write([self._notified(claims, row.deployment_id)])
+            if isinstance(recorded, FleetliftError):
+                raise recorded
         self._seen(claims, row.last_seen_at, now, may_write=may_write)
         etag = poll_etag(row.deployment_id, row.release_id, row.release_row_version)
         release = None

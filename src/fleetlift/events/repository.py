@@ -96,6 +96,16 @@ def emit_for_devices(
     return cast("CursorResult[Any]", result).rowcount or 0
 
 
+def emit_many(session: Session, events: Sequence[dict[str, Any]]) -> None:
+    """Record many events (each the keyword arguments of ``emit``, ``now`` as ``created_at``) in
+    one multi-row INSERT."""
+    if not events:
+        return
+    session.execute(insert(Event), [{"deployment_id": None, "device_id": None, **event} for event in events])
+    for tenant_id in {event["tenant_id"] for event in events}:
+        _mark(session, tenant_id)
+
+
 # -- reading the log ---------------------------------------------------------------------------
 
 
