@@ -702,9 +702,9 @@ def main() -> None:
     parser.add_argument(
         "--connections",
         type=int,
-        default=16,
-        help="keep-alive connections the devices share (requests in flight); more than the server's "
-        "database pool per process (15) lets a burst of status reports stall it",
+        default=64,
+        help="keep-alive connections the devices share (requests in flight at once; a real fleet has "
+        "one per device)",
     )
     parser.add_argument(
         "--reconcile-interval", type=float, default=1.0, help="the reconciler's timer, seconds"

@@ -350,3 +350,38 @@ def test_a_pass_steps_every_rollout_page_by_page(database: str, factory: Factory
             succeed(sessions, tenant, deployment_id, device_id)
     released = Reconciler(sessions=sessions, batch=1).run_once()
     assert len(released[tenant]) == 5 + 4  # the next wave of each, found one per page
+
+
+@pytest.mark.postgres
+def test_a_large_assignment_refreshes_the_planner_statistics(
+    pg_migrated: str, factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without statistics for the rows a deployment just added, PostgreSQL planned each report's
+    update by primary key as a scan of the whole deployment (docs/benchmarks.md): an assignment of
+    at least ANALYZE_AFTER_ROWS rows analyzes the table in its own transaction."""
+    from fleetlift.deployments import repository as deployment_rows
+
+    sessions = factory(pg_migrated)
+    schema = pg_migrated.rsplit("%3D", 1)[1]
+
+    def last_analyzed() -> Any:
+        with sessions() as session:
+            return session.scalar(
+                text(
+                    "SELECT last_analyze FROM pg_stat_user_tables "
+                    "WHERE schemaname = :schema AND relname = 'deployment_devices'"
+                ),
+                {"schema": schema},
+            )
+
+    caller, release_id = fleet(sessions, 30)
+    before = last_analyzed()
+    monkeypatch.setattr(deployment_rows, "ANALYZE_AFTER_ROWS", 31)
+    start(sessions, caller, release_id, {})  # 30 rows: below the threshold
+    assert last_analyzed() == before
+    caller, release_id = fleet(sessions, 40)
+    start(sessions, caller, release_id, {})
+    deadline = time.monotonic() + 10
+    while last_analyzed() == before:  # statistics are flushed to the view within a second or so
+        assert time.monotonic() < deadline, "deployment_devices was not analyzed"
+        time.sleep(0.2)

@@ -11,6 +11,7 @@ from sqlalchemy import (
     ColumnElement,
     CursorResult,
     Select,
+    Table,
     Text,
     and_,
     delete,
@@ -101,7 +102,9 @@ def emit_many(session: Session, events: Sequence[dict[str, Any]]) -> None:
     one multi-row INSERT."""
     if not events:
         return
-    session.execute(insert(Event), [{"deployment_id": None, "device_id": None, **event} for event in events])
+    # The table, not the mapped class: a plain multi-row INSERT, without the ORM's bulk bookkeeping.
+    table = cast("Table", Event.__table__)
+    session.execute(insert(table), [{"deployment_id": None, "device_id": None, **event} for event in events])
     for tenant_id in {event["tenant_id"] for event in events}:
         _mark(session, tenant_id)
 
