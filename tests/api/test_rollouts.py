@@ -464,6 +464,33 @@ def test_max_concurrent_is_never_exceeded(api: Api) -> None:
     assert sorted(released) == ids  # each device released exactly once
 
 
+def test_retried_devices_queue_for_slots_under_the_concurrency_limit(api: Api) -> None:
+    ids = devices(api, "rq", 6)
+    deployment_id = deploy(
+        api,
+        release(api),
+        {"device_ids": ids},
+        {"max_concurrent": 2, "waves": [{"count": 3}, {"percent": 100}]},
+    )
+    # Wave 0 (rq-00..02): two at a time; all three fail one by one.
+    for _ in range(3):
+        in_flight = in_state(api, deployment_id, "pending")
+        assert 0 < len(in_flight) <= 2
+        fail(api, deployment_id, in_flight[0])
+        step(api, deployment_id)
+    assert in_state(api, deployment_id, "failed") == ["rq-00", "rq-01", "rq-02"]
+    retried = api.post(f"/deployments/{deployment_id}/retry")
+    assert retried.status_code == 200, retried.text
+    # Released within the limit: two now, the third waits for a slot.
+    assert in_state(api, deployment_id, "pending") == ["rq-00", "rq-01"]
+    assert in_state(api, deployment_id, "waiting")[:1] == ["rq-02"]
+    succeed(api, deployment_id, "rq-00")
+    step(api, deployment_id)
+    assert in_state(api, deployment_id, "pending") == ["rq-01", "rq-02"]
+    moves = [(d, data["state"]) for _, d, data in events(api, deployment_id, "device.") if d == "rq-02"]
+    assert moves[-2:] == [("rq-02", "waiting"), ("rq-02", "pending")]  # queued, then released once
+
+
 def _window(start: datetime, hours: float) -> str:
     end = start + timedelta(hours=hours)
     return f"{start:%H:%M}-{end:%H:%M}"

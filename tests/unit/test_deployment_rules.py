@@ -139,6 +139,10 @@ def test_timed_out_is_a_failure() -> None:
         (S.FAILED, S.PENDING, True),  # retry
         (S.ROLLED_BACK, S.PENDING, True),
         (S.TIMED_OUT, S.PENDING, True),
+        (S.FAILED, S.WAITING, True),  # retry under a concurrency limit: queued for a slot
+        (S.TIMED_OUT, S.WAITING, True),
+        (S.SUCCEEDED, S.WAITING, False),
+        (S.PENDING, S.WAITING, False),  # released devices are never put back
         (S.SUCCEEDED, S.PENDING, False),
         (S.CANCELLED, S.PENDING, False),
         (S.NOTIFIED, S.PENDING, False),

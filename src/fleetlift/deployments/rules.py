@@ -106,6 +106,8 @@ def transition(current: DeviceUpdateState, reported: DeviceUpdateState) -> Trans
 # cancel. Devices never make these; the reconciler and operator actions apply them set-based.
 _SERVER_MOVES: dict[DeviceUpdateState, frozenset[DeviceUpdateState]] = {
     S.PENDING: frozenset({S.WAITING}) | RETRYABLE,
+    # A retry under a concurrency limit: the device queues for a slot like any other.
+    S.WAITING: RETRYABLE,
     S.TIMED_OUT: TIMEOUT_SOURCES,
     S.CANCELLED: CANCELLABLE,
 }

@@ -257,7 +257,8 @@ def _window_filter(tag: str | None, open_values: Sequence[str] | None) -> list[C
 
 
 def waiting_window_values(session: Session, *, deployment: Deployment, wave: int, tag: str) -> list[str]:
-    """The distinct window texts (tag ``tag``) among the devices waiting in ``wave``."""
+    """The distinct window texts (tag ``tag``) among the devices waiting in ``wave`` or an earlier
+    (opened) wave."""
     value = _tag(tag)
     query = (
         select(value)
@@ -267,7 +268,7 @@ def waiting_window_values(session: Session, *, deployment: Deployment, wave: int
             Device,
             and_(Device.tenant_id == DeploymentDevice.tenant_id, Device.id == DeploymentDevice.device_id),
         )
-        .where(_of(deployment), DeploymentDevice.wave == wave, DeploymentDevice.state == S.WAITING.value)
+        .where(_of(deployment), DeploymentDevice.wave <= wave, DeploymentDevice.state == S.WAITING.value)
     )
     return [str(v) for v in session.scalars(query) if v is not None]
 
@@ -281,15 +282,16 @@ def release(
     now: datetime,
     window_tag: str | None = None,
     open_windows: Sequence[str] | None = None,
-) -> list[str]:
-    """Release waiting devices of ``wave`` (waiting -> pending): at most ``limit``, first by device
-    ID, and with ``window_tag`` only those whose window text is among ``open_windows`` (devices
-    without the tag have no window). One UPDATE; the IDs it released."""
+) -> list[tuple[str, int]]:
+    """Release waiting devices of ``wave`` and earlier (opened) waves, where retried devices queue
+    (waiting -> pending): at most ``limit``, first by device ID, and with ``window_tag`` only those
+    whose window text is among ``open_windows`` (devices without the tag have no window). One
+    UPDATE; (device, wave) of each it released."""
     if limit is not None and limit <= 0:
         return []
     where = [
         _of(deployment),
-        DeploymentDevice.wave == wave,
+        DeploymentDevice.wave <= wave,
         DeploymentDevice.state == S.WAITING.value,
         *_window_filter(window_tag, open_windows),
     ]
@@ -303,7 +305,7 @@ def release(
         .values(state=S.PENDING.value, released_at=now, updated_at=now, detail=None)
         .execution_options(synchronize_session=False)
     )
-    return [device_id for device_id, _ in _moved(session, statement)]
+    return _moved(session, statement)
 
 
 def time_out(
@@ -323,16 +325,19 @@ def time_out(
     return _moved(session, statement)
 
 
-def retry(session: Session, *, deployment: Deployment, now: datetime) -> list[tuple[str, int]]:
-    """Failed, rolled back and timed out devices go back to pending, one more attempt each."""
+def retry(
+    session: Session, *, deployment: Deployment, now: datetime, queue: bool = False
+) -> list[tuple[str, int]]:
+    """Failed, rolled back and timed out devices get one more attempt each: back to pending, or
+    with ``queue`` to waiting, where the reconciler releases them within the concurrency limit."""
     statement = (
         update(DeploymentDevice)
         .where(_of(deployment), DeploymentDevice.state.in_(_values(RETRYABLE)))
         .values(
-            state=S.PENDING.value,
+            state=(S.WAITING if queue else S.PENDING).value,
             detail=None,
             attempts=DeploymentDevice.attempts + 1,
-            released_at=now,
+            released_at=None if queue else now,
             updated_at=now,
         )
         .execution_options(synchronize_session=False)

@@ -502,7 +502,7 @@ def _release(
     """Release the open wave's waiting devices that may start now: within the concurrency limit
     and inside their maintenance window."""
     wave = deployment.current_wave
-    if not counts.get(wave, {}).get(S.WAITING, 0):
+    if not any(states.get(S.WAITING, 0) for number, states in counts.items() if number <= wave):
         return []
     in_flight = sum(n for states in counts.values() for state, n in states.items() if state in IN_FLIGHT)
     slots = release_slots(policy.max_concurrent, in_flight)
@@ -518,7 +518,7 @@ def _release(
         window_tag = maintenance.tag
         texts = repository.waiting_window_values(session, deployment=deployment, wave=wave, tag=window_tag)
         open_windows = [text for text in texts if _window_open(text, now)]
-    ids = repository.release(
+    moved = repository.release(
         session,
         deployment=deployment,
         wave=wave,
@@ -527,15 +527,9 @@ def _release(
         window_tag=window_tag,
         open_windows=open_windows,
     )
-    if ids:
-        repository.emit_device_states(
-            session,
-            deployment=deployment,
-            moved=[(device_id, wave) for device_id in ids],
-            state=S.PENDING,
-            now=now,
-        )
-    return ids
+    if moved:
+        repository.emit_device_states(session, deployment=deployment, moved=moved, state=S.PENDING, now=now)
+    return [device_id for device_id, _ in moved]
 
 
 def _window_open(text: str, now: datetime) -> bool:
@@ -743,16 +737,20 @@ def cancel_devices(session: Session, deployment: Deployment, now: datetime) -> i
 
 
 def retry(*, session: Session, caller: Caller, deployment_id: str, if_match: str | None) -> DeploymentView:
-    """Failed, rolled back and timed out devices get another attempt (back to pending); a halted
-    rollout goes on from its current wave."""
+    """Failed, rolled back and timed out devices get another attempt (back to pending, or queued
+    for a slot under a concurrency limit); a halted rollout goes on from its current wave."""
     deployment = _locked(session, caller, deployment_id, if_match)
     now = utcnow()
     if deployment.phase not in (Phase.ACTIVE.value, Phase.PAUSED.value):
         raise IllegalTransition(f"a {deployment.phase} deployment cannot retry devices")
-    moved = repository.retry(session, deployment=deployment, now=now)
+    # Under a concurrency limit the retried devices queue for slots (the reconciler releases them,
+    # below and later); without one they are released at once.
+    queue = policy_of(deployment).max_concurrent is not None
+    moved = repository.retry(session, deployment=deployment, now=now, queue=queue)
     if not moved:
         raise IllegalTransition("no device of this deployment failed, rolled back or timed out")
-    repository.emit_device_states(session, deployment=deployment, moved=moved, state=S.PENDING, now=now)
+    state = S.WAITING if queue else S.PENDING
+    repository.emit_device_states(session, deployment=deployment, moved=moved, state=state, now=now)
     repository.emit(
         session, deployment=deployment, type="deployment.retried", now=now, data={"devices": len(moved)}
     )
@@ -773,7 +771,8 @@ def retry(*, session: Session, caller: Caller, deployment_id: str, if_match: str
         if deployment.current_wave < 0:
             deployment.current_wave = 0
     deployments_changed(session, deployment.tenant_id)
-    released = [device_id for device_id, _ in moved] + reconcile_deployment(session, deployment, now)
+    released = [] if queue else [device_id for device_id, _ in moved]
+    released += reconcile_deployment(session, deployment, now)
     return _finish_action(session, caller, deployment, "retry", now, released, details)
 
 
