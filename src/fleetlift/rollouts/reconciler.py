@@ -38,9 +38,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 1.0
 # Wake-ups closer together than this share a pass: a wave of devices reporting at once must not
-# turn into one full pass per report (and a slow pass stretches the gap: at most a third of the
+# turn into one full pass per report (and a slow pass stretches the gap: at most a ninth of the
 # time is spent in passes).
 MIN_GAP = 0.1
+REST_FACTOR = 8  # after a pass, wait this many times its length before the next (within interval)
 BATCH = 500  # rollouts listed per query of a pass
 
 
@@ -154,8 +155,9 @@ class Reconciler:
                     log.exception("reconciler pass failed")
                     released = {}
                 # Woken without pause (devices report all the time in a big wave), passes would
-                # keep the database busy counting: rest twice as long as the last pass took.
-                gap = min(max(self.min_gap, 2 * (time.monotonic() - started)), self.interval)
+                # keep the database busy counting (a pass recounts the deployment: 32 ms of
+                # PostgreSQL at 100,000 devices, docs/benchmarks.md): rest eight times as long.
+                gap = min(max(self.min_gap, REST_FACTOR * (time.monotonic() - started)), self.interval)
                 for tenant_id, device_ids in released.items():
                     # A channel may take a while to fan a wave out (MQTT waits for the broker's
                     # acknowledgements): the next pass must not wait for it.
