@@ -1,0 +1,1 @@
+"""Azure IoT Hub: IoT Edge deployments, device sync and update triggers through a hub."""
