@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from fleetlift.deployments.models import DeploymentDevice
-from fleetlift.devices.models import Device
 from fleetlift.device_api.reports import ReportBatcher
+from fleetlift.devices.models import Device
 from fleetlift.events.models import Event
 
 from .conftest import Api
