@@ -66,3 +66,28 @@ def pg_url() -> Iterator[str]:
 def sqlite_url(tmp_path: Path) -> str:
     """URL of a fresh SQLite database file."""
     return f"sqlite:///{tmp_path / 'fleetlift.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def private_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated database of this test's own, on SQLite and on PostgreSQL (a schema dropped
+    afterwards): for tests whose queries span every tenant, which other tests' rows would disturb."""
+    from fleetlift.migrate import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'fleetlift.db'}"
+        upgrade(url)
+        yield url
+        return
+    request.getfixturevalue("pg_url")  # starts PostgreSQL, or skips when it cannot
+    schema = f"fltest_own_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in PG_ADMIN_URL else "?"
+    url = f"{PG_ADMIN_URL}{separator}options=-csearch_path%3D{schema}"
+    upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()

@@ -91,6 +91,20 @@ class Settings(BaseSettings):
     # A missing event number (a transaction still open, or rolled back) holds event streams and
     # webhook cursors back at most this long before they move past it.
     events_gap_timeout_seconds: float = 30.0
+    # Events (and finished webhook deliveries) older than this are deleted, hourly, in batches; a
+    # rollout of 100,000 devices writes about 400,000. Events a webhook has not been given yet are
+    # kept whatever their age. 0 keeps everything.
+    events_retention_days: int = Field(default=30, ge=0)
+    events_prune_interval_seconds: float = Field(default=3600.0, gt=0)
+    # Azure IoT Hub (docs/iothub.md): a background worker syncs each hub's devices, publishes edge
+    # deployments as hub configurations and reads their status back; it has work only once a hub is
+    # registered. Configuration status costs the hub's scarce configuration operations (about 20 a
+    # minute), so it is read at most every ``iothub_status_interval_seconds`` per deployment.
+    iothub_enabled: bool = True
+    iothub_worker_interval_seconds: float = Field(default=10.0, gt=0)
+    iothub_status_interval_seconds: float = Field(default=60.0, ge=0)
+    # Hub host names must be Azure's (*.azure-devices.net) unless this is set (emulators, tests).
+    iothub_allow_any_host: bool = False
 
     @field_validator("database_url")
     @classmethod

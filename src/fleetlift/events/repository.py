@@ -425,3 +425,36 @@ def subscriptions_behind(session: Session) -> bool:
         WebhookSubscription.active.is_(True), WebhookSubscription.cursor_seq < newest
     )
     return session.scalar(query.limit(1)) is not None
+
+
+# -- retention -----------------------------------------------------------------------------------
+
+
+def prune(session: Session, *, before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` of the oldest events created before ``before`` that every active
+    webhook has been given and no pending delivery still needs, and finished deliveries of that age;
+    how many events it deleted."""
+    horizon = session.scalar(
+        select(func.min(WebhookSubscription.cursor_seq)).where(WebhookSubscription.active.is_(True))
+    )
+    pending = session.scalar(
+        select(func.min(WebhookDelivery.event_seq)).where(WebhookDelivery.status == "pending")
+    )
+    oldest = select(Event.seq).where(Event.created_at < before)
+    if horizon is not None:
+        oldest = oldest.where(Event.seq <= horizon)
+    if pending is not None:
+        oldest = oldest.where(Event.seq < pending)
+    # A page of the oldest, by key, so a large backlog goes in bounded transactions.
+    page = oldest.order_by(Event.seq).limit(limit).subquery()
+    result = session.execute(
+        delete(Event).where(Event.seq.in_(select(page.c.seq))),
+        execution_options={"synchronize_session": False, "preserve_rowcount": True},
+    )
+    session.execute(
+        delete(WebhookDelivery).where(
+            WebhookDelivery.status != "pending", WebhookDelivery.created_at < before
+        ),
+        execution_options={"synchronize_session": False},
+    )
+    return cast("CursorResult[Any]", result).rowcount or 0

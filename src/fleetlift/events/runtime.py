@@ -8,12 +8,14 @@ import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetlift.config import Settings
 from fleetlift.events.dispatcher import WebhookDispatcher
+from fleetlift.events.retention import EventPruner
 from fleetlift.events.stream import EventHub, install_session_hooks, watch_shutdown_signals
 from fleetlift.secrets_box import SecretBox
 
@@ -25,6 +27,7 @@ class Running:
     dispatcher: WebhookDispatcher | None
     task: asyncio.Task[None] | None
     restore_signals: Callable[[], None]
+    pruner: asyncio.Task[None] | None = None
 
 
 class EventsRuntime:
@@ -54,8 +57,16 @@ class EventsRuntime:
             self._running += 1
             self.hub.closed = False
         restore = watch_shutdown_signals(self.hub)
+        pruner = None
+        if self.settings.events_retention_days > 0:
+            pruning = EventPruner(
+                sessions=self.sessions,
+                retention=timedelta(days=self.settings.events_retention_days),
+                interval=self.settings.events_prune_interval_seconds,
+            )
+            pruner = asyncio.create_task(pruning.run())
         if not self.settings.webhooks_enabled:
-            return Running(None, None, restore)
+            return Running(None, None, restore, pruner)
         dispatcher = WebhookDispatcher(
             sessions=self.sessions,
             box=self.box,
@@ -63,7 +74,7 @@ class EventsRuntime:
             settings=self.settings,
             transport=self.transport,
         )
-        return Running(dispatcher, asyncio.create_task(dispatcher.run()), restore)
+        return Running(dispatcher, asyncio.create_task(dispatcher.run()), restore, pruner)
 
     async def stop(self, running: Running) -> None:
         with self._lock:
@@ -72,6 +83,10 @@ class EventsRuntime:
         if last:
             self.hub.close()
         running.restore_signals()
+        if running.pruner is not None:
+            running.pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running.pruner
         if running.dispatcher is None or running.task is None:
             return
         running.dispatcher.stop()
