@@ -25,7 +25,7 @@ from fleetlift_agent.fsutil import write_json_durably
 from fleetlift_agent.identity import DeviceKey, default_architecture, default_identity
 from fleetlift_agent.installers import Installer, Payload, Update
 from fleetlift_agent.journal import Journal
-from fleetlift_agent.runner import REBOOT_EXIT_CODE, RebootRequested, Runner, RunnerSettings
+from fleetlift_agent.runner import REBOOT_EXIT_CODE, RebootRequested, Runner, RunnerSettings, Wakeup
 from fleetlift_agent.trust import TargetVerifier
 
 log = logging.getLogger("fleetlift_agent")
@@ -189,7 +189,9 @@ def build(args: argparse.Namespace) -> tuple[Runner, Controller | None]:
     from fleetlift_agent.installers.script import Hooks
 
     controller = Controller(data_dir / "app-state.json") if args.app_control else None
-    wakeup = None
+    wakeup: Wakeup | None = None
+    if args.mqtt_url and args.iothub_connection_string:
+        raise SystemExit("--mqtt-url and an IoT Hub connection string: choose one channel")
     if args.mqtt_url:
         from fleetlift_agent.mqtt import CheckSubscriber
 
@@ -197,6 +199,21 @@ def build(args: argparse.Namespace) -> tuple[Runner, Controller | None]:
             wakeup = CheckSubscriber(args.mqtt_url, topic_prefix=args.mqtt_topic_prefix)
         except ValueError as error:
             raise SystemExit(f"--mqtt-url: {error}") from None
+    elif args.iothub_connection_string:
+        from fleetlift_agent.iothub import IotHubChannel
+
+        try:
+            hub = IotHubChannel(
+                args.iothub_connection_string,
+                mqtt_host=args.iothub_mqtt_host,
+                port=args.iothub_mqtt_port,
+                tls=not args.iothub_plain_mqtt,
+                ca_file=args.iothub_ca_file,
+            )
+        except ValueError as error:
+            raise SystemExit(f"IoT Hub connection string: {error}") from None
+        client.report_observers.append(hub.observe_report)
+        wakeup = hub
     runner = Runner(
         client=client,
         journal=Journal(data_dir / "journal.json"),
@@ -258,6 +275,21 @@ def parser() -> argparse.ArgumentParser:
         " default: $FLEETLIFT_AGENT_MQTT_URL, which keeps the password out of the process list.",
     )
     run.add_argument("--mqtt-topic-prefix", default="fleetlift", help="As the server's topic prefix.")
+    run.add_argument(
+        "--iothub-connection-string",
+        default=os.environ.get("FLEETLIFT_AGENT_IOTHUB_CONNECTION_STRING") or None,
+        help="HostName=...;DeviceId=...;SharedAccessKey=...: use Azure IoT Hub as the channel "
+        "(docs/iothub.md); default: $FLEETLIFT_AGENT_IOTHUB_CONNECTION_STRING (keeps the key out of "
+        "the process list).",
+    )
+    run.add_argument("--iothub-mqtt-host", default=None, help="Connect here instead of the hub's host.")
+    run.add_argument("--iothub-mqtt-port", type=int, default=8883, help="The hub's MQTT port.")
+    run.add_argument("--iothub-ca-file", default=None, help="CA bundle for the hub's TLS certificate.")
+    run.add_argument(
+        "--iothub-plain-mqtt",
+        action="store_true",
+        help="No TLS (only for a local broker standing in for the hub in tests).",
+    )
     run.add_argument("--local-api-port", type=int, default=8765, help="Loopback port of the local API.")
     run.add_argument("--callback-url", default=None, help="Where state changes are POSTed.")
     run.add_argument("--rate-limit", type=int, default=None, help="Download bytes per second.")

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +21,8 @@ from fleetlift_agent import __version__
 from fleetlift_agent.identity import DeviceKey
 
 USER_AGENT = f"fleetlift-agent/{__version__}"
+
+log = logging.getLogger("fleetlift_agent")
 
 
 class ServerUnavailable(Exception):
@@ -86,6 +90,9 @@ class DeviceClient:
         self._token: str | None = None
         self._token_expires = 0.0
         self._lock = threading.Lock()
+        # Told of every report the server took (deployment, status, detail): the IoT Hub channel
+        # mirrors them into the device twin's reported properties.
+        self.report_observers: list[Callable[[str, str, str | None], None]] = []
 
     def _send(
         self,
@@ -211,6 +218,11 @@ class DeviceClient:
         if answer >= 400 and answer not in (404, 409):
             raise ProtocolError(answer, _problem_detail(payload))
         # 404/409: the deployment is gone or already final on the server; the report is moot.
+        for observer in self.report_observers:
+            try:
+                observer(deployment_id, status, detail)
+            except Exception:  # a side channel never fails the update
+                log.exception("a report observer failed")
 
     def upload_log(self, deployment_id: str, log: str) -> None:
         answer, _, payload = self._call("PUT", f"/deployments/{deployment_id}/log", document={"log": log})

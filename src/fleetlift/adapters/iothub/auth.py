@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
-import hmac
 import re
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -23,6 +20,7 @@ from azure.core.exceptions import AzureError
 
 from fleetlift.adapters.iothub.errors import IotHubBadGateway
 from fleetlift.errors import InvalidInput
+from fleetlift_wire.iothub import sas_token as wire_sas_token
 
 ENTRA_SCOPE = "https://iothubs.azure.net/.default"
 
@@ -106,26 +104,13 @@ class ConnectionString:
         return f"HostName={self.host_name};SharedAccessKeyName={self.key_name};SharedAccessKey=[redacted]"
 
 
-def _encode(text: str) -> str:
-    # The documented form: the lower-case URL encoding of the lower-case resource URI; with the URI
-    # lower-cased first, lower-casing the result only touches the %XX escapes.
-    return urllib.parse.quote(text.lower(), safe="").lower()
-
-
 def sas_token(resource_uri: str, key_b64: str, key_name: str | None, expiry: int) -> str:
     """A ``SharedAccessSignature`` header value for ``resource_uri`` valid until ``expiry`` (Unix seconds).
 
     The signature is HMAC-SHA256, keyed with the base64-decoded key, over the URL-encoded resource URI,
-    a newline and the expiry.
+    a newline and the expiry (computed in ``fleetlift_wire.iothub``, which the agent shares).
     """
-    encoded_uri = _encode(resource_uri)
-    to_sign = f"{encoded_uri}\n{expiry}".encode()
-    digest = hmac.new(base64.b64decode(key_b64), to_sign, hashlib.sha256).digest()
-    signature = urllib.parse.quote(base64.b64encode(digest).decode("ascii"), safe="")
-    token = f"SharedAccessSignature sr={encoded_uri}&sig={signature}&se={expiry}"
-    if key_name:
-        token += f"&skn={urllib.parse.quote(key_name, safe='')}"
-    return token
+    return wire_sas_token(resource_uri, key_b64, expiry, key_name)
 
 
 class SasTokenProvider:
