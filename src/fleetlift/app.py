@@ -42,6 +42,9 @@ from fleetlift.events import routes as event_routes
 from fleetlift.events.runtime import EventsRuntime
 from fleetlift.images.signatures import load_public_keys
 from fleetlift.images.vulnerabilities import VulnerabilityPolicy
+from fleetlift.iothub import routes as iothub_routes
+from fleetlift.iothub.service import HubClients
+from fleetlift.iothub.worker import IotHubWorker
 from fleetlift.logs import configure as configure_logging
 from fleetlift.notifications import routes as notification_routes
 from fleetlift.registries import routes as registry_routes
@@ -182,6 +185,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             {"name": "audit", "description": "Who changed what, and how it ended."},
             {"name": "events", "description": "The event log: pages, or a live Server-Sent Events stream."},
             {"name": "webhooks", "description": "Events POSTed to your URLs, signed, retried, logged."},
+            {"name": "iothub", "description": "Azure IoT Hub: device sync, IoT Edge deployments, triggers."},
             {"name": "device protocol", "description": "What devices call, with device tokens."},
             {"name": "trust", "description": "TUF metadata and targets for devices."},
             {"name": "health", "description": "Liveness, readiness, metrics."},
@@ -220,7 +224,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events = await app.state.events.start()
         app.state.reconciler.attach(asyncio.get_running_loop())  # tells devices released by requests
         reconciler = asyncio.create_task(app.state.reconciler.run()) if settings.reconciler_enabled else None
+        iothub = asyncio.create_task(app.state.iothub_worker.run()) if settings.iothub_enabled else None
         yield
+        if iothub is not None:
+            app.state.iothub_worker.stop()  # ends after the pass under way; cancelled only if that hangs
+            await asyncio.wait({iothub}, timeout=30)
+            iothub.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await iothub
+        await app.state.iothub_clients.aclose()
         if reconciler is not None:
             app.state.reconciler.stop()  # ends after the pass under way; cancelled only if that hangs
             await asyncio.wait({reconciler}, timeout=30)
@@ -294,6 +306,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.link_secret = link_signing_key(settings)
     # Event streams wake after commits that emitted events; webhooks are dispatched in the background.
     app.state.events = EventsRuntime(sessions=sessions, box=app.state.secrets, settings=settings)
+    # Azure IoT Hub: one client per hub, made here only (tests point its transport at an emulator),
+    # and the worker that syncs devices and reconciles edge deployments (docs/iothub.md).
+    app.state.iothub_clients = HubClients(app.state.secrets, allow_any_host=settings.iothub_allow_any_host)
+    app.state.iothub_worker = IotHubWorker(
+        sessions=sessions,
+        clients=app.state.iothub_clients,
+        interval=settings.iothub_worker_interval_seconds,
+        status_interval=settings.iothub_status_interval_seconds,
+    )
 
     problems.install(app)
     for router in (
@@ -309,6 +330,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         enrollment_routes.router,
         event_routes.router,
         event_routes.webhooks,
+        iothub_routes.router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(device_routes_protocol.router)

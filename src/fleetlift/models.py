@@ -7,6 +7,7 @@ from fleetlift.deployments.models import Deployment, DeploymentDevice
 from fleetlift.devices.models import Device
 from fleetlift.enrollment.models import EnrollmentToken
 from fleetlift.events.models import Event, WebhookDelivery, WebhookSubscription
+from fleetlift.iothub.models import IotHub, IotHubConfiguration
 from fleetlift.notifications.models import DeploymentLog, Notification
 from fleetlift.registries.models import RegistryCredential
 from fleetlift.releases.models import Release
@@ -24,6 +25,8 @@ __all__ = [
     "Device",
     "EnrollmentToken",
     "Event",
+    "IotHub",
+    "IotHubConfiguration",
     "Notification",
     "RegistryCredential",
     "Release",

@@ -196,6 +196,46 @@ def operations(api: Api) -> list[tuple[str, str, dict[str, Any] | bytes | None, 
             "forget credentials",
         ),
         *event_operations(api),
+        *iothub_operations(api),
+    ]
+
+
+def iothub_operations(api: Api) -> list[tuple[str, str, dict[str, Any] | bytes | None, Permission, str]]:
+    """Azure IoT Hub: admins register hubs; operators sync and trigger; every role reads."""
+    connection = "HostName=m.azure-devices.net;SharedAccessKeyName=o;SharedAccessKey=a2V5LWZvci10aGUtbWF0cml4"
+    # No periodic sync: the server's background worker must not try to reach a hub that does not exist.
+    hub_body = {"connection_string": connection, "sync_interval_seconds": 0}
+    hub = api.post("/iothub/hubs", json={"name": "matrix", **hub_body}).json()
+    trigger = {"deployment_id": "dep_missing", "device_ids": ["m-1"]}
+    return [
+        (
+            "POST",
+            "/iothub/hubs",
+            {"name": "{unique}", **hub_body},
+            Permission.IOTHUB_WRITE,
+            "register hub",
+        ),
+        ("GET", "/iothub/hubs", None, Permission.DEVICES_READ, "list hubs"),
+        ("GET", f"/iothub/hubs/{hub['id']}", None, Permission.DEVICES_READ, "get hub"),
+        ("DELETE", "/iothub/hubs/hub_missing", None, Permission.IOTHUB_WRITE, "forget hub"),
+        # Hubs that do not exist: the permission is checked before anything reaches a hub.
+        ("POST", "/iothub/hubs/hub_missing/sync", None, Permission.DEVICES_WRITE, "sync hub"),
+        ("GET", "/iothub/hubs/hub_missing/deployments", None, Permission.DEPLOYMENTS_READ, "hub deployments"),
+        ("GET", "/iothub/deployments/dep_missing", None, Permission.DEPLOYMENTS_READ, "hub delivery"),
+        (
+            "POST",
+            "/iothub/hubs/hub_missing/devices/m-1/apply",
+            {"deployment_id": "dep_missing"},
+            Permission.UPDATES_TRIGGER,
+            "apply to edge device",
+        ),
+        (
+            "POST",
+            "/iothub/hubs/hub_missing/devices/update",
+            trigger,
+            Permission.UPDATES_TRIGGER,
+            "trigger devices",
+        ),
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -61,6 +62,10 @@ def _from_error(request: Request, error: FleetliftError) -> JSONResponse:
     if isinstance(error, InvalidInput) and error.errors:
         extra["errors"] = [{"location": e.location, "message": e.message} for e in error.errors]
     headers = {"WWW-Authenticate": 'Bearer realm="fleetlift"'} if error.status == 401 else None
+    retry_after = extra.get("retry_after")
+    if error.status == 503 and isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
+        # A backend that said when to come back (IoT Hub's throttling): tell the client the same.
+        headers = {"Retry-After": str(max(0, math.ceil(retry_after)))}
     _audit_refusal(request, error.status, error.detail)
     return problem_response(
         request,

@@ -32,6 +32,7 @@ class Permission(StrEnum):
     EVENTS_READ = "events:read"
     WEBHOOKS_READ = "webhooks:read"
     WEBHOOKS_WRITE = "webhooks:write"
+    IOTHUB_WRITE = "iothub:write"
 
 
 _READ = frozenset(

@@ -74,6 +74,8 @@ class Eligibility:
     release: Release
     explicit_ids: Sequence[str]
     condition: ColumnElement[bool] | None
+    # What every targeted device must also be (an IoT Edge deployment: IoT Edge devices only).
+    required: ColumnElement[bool] | None = None
 
 
 def _dialect(session: Session) -> str:
@@ -99,7 +101,8 @@ def _targets(session: Session, tenant_id: str, eligibility: Eligibility) -> Colu
         parts.append(in_list(Device.id, eligibility.explicit_ids, _dialect(session)))
     if eligibility.condition is not None:
         parts.append(eligibility.condition)
-    return and_(Device.tenant_id == tenant_id, or_(*parts) if parts else literal(False))
+    targeted = and_(Device.tenant_id == tenant_id, or_(*parts) if parts else literal(False))
+    return targeted if eligibility.required is None else and_(targeted, eligibility.required)
 
 
 def _compatible(session: Session, release: Release) -> ColumnElement[bool]:

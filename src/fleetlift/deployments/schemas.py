@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from fleetlift.api.common import DeviceId, Labels, Name, ResourceId, StrictModel
+from fleetlift.iothub.schemas import IotHubDelivery
 from fleetlift.rollouts.schemas import RolloutPolicy
 
 Condition = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
@@ -52,6 +53,11 @@ class DeploymentCreate(StrictModel):
         description="How the rollout reaches the devices (waves, concurrency, maintenance windows, "
         "mode, rollback, device timeout, dynamic targeting); empty: every device at once. "
         "See docs/rollouts.md.",
+    )
+    iothub: IotHubDelivery | None = Field(
+        default=None,
+        description="Deliver through a registered Azure IoT hub as an IoT Edge deployment (a hub "
+        "configuration made from the release's container payloads). See docs/iothub.md.",
     )
 
 

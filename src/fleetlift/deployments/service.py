@@ -223,6 +223,20 @@ def create(*, session: Session, caller: Caller, data: DeploymentCreate) -> Deplo
         now=now,
         data={"release_id": release.id, "status": phase.value},
     )
+    details: dict[str, object] = {"release_id": release.id, "status": phase.value}
+    if data.iothub is not None:
+        # Imported here: the iothub slice builds on this one (it records device states through it).
+        from fleetlift.iothub import service as iothub
+
+        iothub.queue_delivery(
+            session,
+            caller=caller,
+            deployment=deployment,
+            release=release,
+            delivery=data.iothub,
+            policy=data.policy,
+        )
+        details["iothub_hub_id"] = data.iothub.hub_id
     assigned = 0
     if phase is Phase.ACTIVE:
         assigned, released = rollouts.begin(
@@ -236,7 +250,7 @@ def create(*, session: Session, caller: Caller, data: DeploymentCreate) -> Deplo
         resource_type="deployment",
         resource_id=deployment.id,
         status_code=201,
-        details={"release_id": release.id, "status": phase.value, "assigned_devices": assigned},
+        details={**details, "assigned_devices": assigned},
     )
     session.commit()
     return _view(session, deployment, now)

@@ -28,6 +28,7 @@ from fleetlift.deployments.repository import Eligibility
 from fleetlift.deployments.rules import IN_FLIGHT, DeviceUpdateState, Phase
 from fleetlift.device_api.poll import deployments_changed
 from fleetlift.devices import repository as devices
+from fleetlift.devices.models import Device
 from fleetlift.errors import FieldError, IllegalTransition, InvalidInput, NotFound
 from fleetlift.etags import check_if_match
 from fleetlift.ids import new_id
@@ -146,7 +147,20 @@ def eligibility_of(session: Session, deployment: Deployment, release: Release) -
     """Which devices the deployment targets, as SQL."""
     condition = deployment.target_condition
     clause = None if condition is None else devices.condition_clause(session, parse_condition(condition))
-    return Eligibility(release=release, explicit_ids=list(deployment.target_device_ids), condition=clause)
+    # Imported here: the iothub slice builds on deployments and rollouts.
+    from fleetlift.iothub import repository as iothub
+
+    required = None
+    if iothub.revisions_of(session, tenant_id=deployment.tenant_id, deployment_id=deployment.id):
+        # The hub's configuration targets IoT Edge devices only; so does fleetlift's side of it,
+        # or the other devices would wait for an update the hub never gives them.
+        required = Device.identity["edge"].as_boolean().is_(True)
+    return Eligibility(
+        release=release,
+        explicit_ids=list(deployment.target_device_ids),
+        condition=clause,
+        required=required,
+    )
 
 
 def begin(
