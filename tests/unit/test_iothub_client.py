@@ -398,6 +398,7 @@ def test_the_header_alone_is_enough() -> None:
         (401, "IoTHubUnauthorized", IotHubBadGateway, BadGateway, 502),
         (403, "IoTHubUnauthorizedAccess", IotHubBadGateway, BadGateway, 502),
         (403, "IoTHubQuotaExceeded", IotHubQuotaExceeded, Conflict, 409),
+        (413, "ConfigurationCountLimitExceeded", IotHubQuotaExceeded, Conflict, 409),  # the 101st
         (404, "ConfigurationNotFound", IotHubNotFound, NotFound, 404),
         (405, "MethodNotAllowed", IotHubBadGateway, BadGateway, 502),
         (409, "ConfigurationAlreadyExists", IotHubConflict, Conflict, 409),

@@ -208,7 +208,9 @@ def error_from_response(status: int, headers: Mapping[str, str], body: bytes) ->
     lowered = (name or "").lower()
     if status == 404 and (numeric == 404103 or lowered == "devicenotonline"):
         return DeviceNotOnline(detail, **kwargs)
-    if "quota" in lowered or numeric == 403002 or (status in (400, 403, 409) and "limitexceeded" in lowered):
+    # A real hub answers the 101st configuration with 413 ConfigurationCountLimitExceeded.
+    limit = status in (400, 403, 409, 413) and "limitexceeded" in lowered
+    if "quota" in lowered or numeric == 403002 or limit:
         return IotHubQuotaExceeded(detail, **kwargs)
     if status == 429:
         seconds = retry_after_seconds(headers)
