@@ -182,3 +182,28 @@ def test_throttled_hub_is_503_with_retry_after(api: Api, monkeypatch: pytest.Mon
     again = api.post(f"/iothub/hubs/{hub['id']}/sync")
     assert again.status_code == 200 and again.json()["synced"] == 0
     assert api.delete(f"/iothub/hubs/{hub['id']}").status_code == 204
+
+
+def test_the_worker_runs_in_nested_lifespans_of_one_app(tmp_path: Any) -> None:
+    """Test clients run an app's lifespan on event loops of their own, sometimes nested: each
+    lifespan's worker loop must wait on its own loop's primitives and stop on its own."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from fleetlift.app import create_app
+    from fleetlift.config import Settings
+    from fleetlift.migrate import upgrade
+
+    settings = Settings(data_dir=tmp_path, log_level="CRITICAL", iothub_worker_interval_seconds=0.02)
+    upgrade(settings.resolved_database_url)
+    app = create_app(settings)
+    worker = app.state.iothub_worker
+    with TestClient(app):
+        time.sleep(0.1)
+        with TestClient(app):
+            time.sleep(0.2)  # both loops pass several times meanwhile
+        passes = worker.passes
+        time.sleep(0.2)
+        assert worker.passes > passes  # the outer lifespan's worker goes on after the inner one stopped
+    # Leaving both raised nothing (before: "bound to a different event loop" from the outer worker).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -50,8 +51,12 @@ class IotHubWorker:
         self.clock = clock
         self.max_configurations = max_configurations
         self.passes = 0
-        self._pass_lock: asyncio.Lock | None = None
-        self._stop: asyncio.Event | None = None
+        # Per event loop: a lifespan may run more than once, even nested on other loops (test
+        # clients do), and asyncio primitives belong to one loop.
+        self._pass_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._stops: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
 
     def _hubs(self) -> list[tuple[str, str]]:
         with self.sessions() as session:
@@ -108,9 +113,11 @@ class IotHubWorker:
 
     async def run_once(self, *, status_interval: float | None = None) -> int:
         """One pass over every hub; how many hubs it worked on. ``status_interval=0`` reads every status."""
-        if self._pass_lock is None:
-            self._pass_lock = asyncio.Lock()
-        async with self._pass_lock:
+        loop = asyncio.get_running_loop()
+        lock = self._pass_locks.get(loop)
+        if lock is None:
+            lock = self._pass_locks[loop] = asyncio.Lock()
+        async with lock:
             done = 0
             for tenant_id, hub_id in await anyio.to_thread.run_sync(self._hubs):
                 try:
@@ -123,16 +130,30 @@ class IotHubWorker:
 
     async def run(self) -> None:
         """Pass after pass until ``stop``."""
-        self._stop = asyncio.Event()
-        while not self._stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("iothub worker pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self.interval)
+        loop = asyncio.get_running_loop()
+        stop = self._stops[loop] = asyncio.Event()
+        try:
+            while not stop.is_set():
+                try:
+                    await self.run_once()
+                except Exception:
+                    log.exception("iothub worker pass failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.interval)
+        finally:
+            if self._stops.get(loop) is stop:
+                del self._stops[loop]
 
     def stop(self) -> None:
-        """End the loop after the pass under way."""
-        if self._stop is not None:
-            self._stop.set()
+        """End the loop of the calling event loop (every loop's, called outside one) after the
+        pass under way."""
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, event in list(self._stops.items()):
+            if current is None:
+                with contextlib.suppress(RuntimeError):  # that loop closed meanwhile
+                    loop.call_soon_threadsafe(event.set)
+            elif loop is current:
+                event.set()
