@@ -8,6 +8,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,27 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'fleetlift.db'}"
 
 
+@contextmanager
+def migrated_schema(label: str) -> Iterator[str]:
+    """A PostgreSQL schema of the caller's own, migrated, dropped afterwards; its URL. For tests
+    whose work spans tenants, or whose background loops must not meet other tests' apps."""
+    from fleetlift.migrate import upgrade
+
+    schema = f"fltest_{label}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in PG_ADMIN_URL else "?"
+    url = f"{PG_ADMIN_URL}{separator}options=-csearch_path%3D{schema}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def private_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated database of this test's own, on SQLite and on PostgreSQL (a schema dropped
@@ -80,14 +102,5 @@ def private_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         yield url
         return
     request.getfixturevalue("pg_url")  # starts PostgreSQL, or skips when it cannot
-    schema = f"fltest_own_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in PG_ADMIN_URL else "?"
-    url = f"{PG_ADMIN_URL}{separator}options=-csearch_path%3D{schema}"
-    upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with migrated_schema("own") as url:
+        yield url

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, insert, select, text
+from sqlalchemy import Engine, func, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetlift.auth import Role
@@ -35,7 +35,7 @@ from fleetlift.rollouts import repository
 from fleetlift.rollouts.reconciler import Reconciler
 from fleetlift.tenants import repository as tenants
 
-from ..conftest import PG_ADMIN_URL
+from ..conftest import migrated_schema
 
 S = DeviceUpdateState
 Factory = Callable[[str], "sessionmaker[Session]"]
@@ -45,17 +45,8 @@ Factory = Callable[[str], "sessionmaker[Session]"]
 def pg_migrated(pg_url: str) -> Iterator[str]:
     """A schema of this module's own: the session's shared schema may have a server app running
     (the API tests'), whose reconciler would step these rollouts too."""
-    schema = f"fltest_rec_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in PG_ADMIN_URL else "?"
-    url = f"{PG_ADMIN_URL}{separator}options=-csearch_path%3D{schema}"
-    upgrade(url)
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with migrated_schema("rec") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, select, text, update
+from sqlalchemy import Engine, create_engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetlift.auth import Role
@@ -36,7 +36,7 @@ from fleetlift.migrate import upgrade
 from fleetlift.secrets_box import SecretBox
 from fleetlift.tenants import repository as tenants
 
-from ..conftest import PG_ADMIN_URL
+from ..conftest import migrated_schema
 
 SECRET = "whsec_test-secret-0123456789abcdef"
 
@@ -115,17 +115,8 @@ def receiver() -> Iterator[Receiver]:
 def pg_migrated(pg_url: str) -> Iterator[str]:
     """A schema of this module's own: the session's shared one is also served by the API tests'
     app, whose dispatcher (with another secrets key) would take these tests' deliveries."""
-    schema = f"fltest_wh_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in PG_ADMIN_URL else "?"
-    url = f"{PG_ADMIN_URL}{separator}options=-csearch_path%3D{schema}"
-    upgrade(url)
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with migrated_schema("wh") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

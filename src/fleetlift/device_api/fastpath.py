@@ -84,22 +84,15 @@ def parse_poll(scope: Scope) -> tuple[str, int, str | None] | None:
         if match is None or int(match.group(1)) > 60:
             return None
         wait = int(match.group(1))
-    token: str | None = None
+    token = bearer_token(scope)
+    if token is None:
+        return None
     if_none_match: str | None = None
     for name, value in scope["headers"]:
-        if name == b"authorization":
-            if token is not None:
-                return None
-            scheme, _, credentials = value.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not credentials:
-                return None
-            token = credentials
-        elif name == b"if-none-match":
+        if name == b"if-none-match":
             if if_none_match is not None or len(value) > _MAX_IF_NONE_MATCH:
                 return None
             if_none_match = value.decode("latin-1")
-    if token is None:
-        return None
     return token, wait, if_none_match
 
 

@@ -18,6 +18,13 @@ from fleetlift.iothub.models import IotHub, IotHubConfiguration
 LIVE_STATES = ("queued", "applied", "retiring", "failed")
 
 
+# The deployment a configuration revision delivers.
+_ITS_DEPLOYMENT = and_(
+    Deployment.tenant_id == IotHubConfiguration.tenant_id,
+    Deployment.id == IotHubConfiguration.deployment_id,
+)
+
+
 def get_hub(session: Session, *, tenant_id: str, hub_id: str) -> IotHub | None:
     return session.get(IotHub, (tenant_id, hub_id))
 
@@ -182,10 +189,7 @@ def hub_deliveries(
         select(IotHubConfiguration, Deployment)
         .join(
             Deployment,
-            and_(
-                Deployment.tenant_id == IotHubConfiguration.tenant_id,
-                Deployment.id == IotHubConfiguration.deployment_id,
-            ),
+            _ITS_DEPLOYMENT,
         )
         .where(
             IotHubConfiguration.tenant_id == tenant_id,
@@ -236,10 +240,7 @@ def count_active_deliveries(session: Session, *, tenant_id: str, hub_id: str) ->
             .select_from(IotHubConfiguration)
             .join(
                 Deployment,
-                and_(
-                    Deployment.tenant_id == IotHubConfiguration.tenant_id,
-                    Deployment.id == IotHubConfiguration.deployment_id,
-                ),
+                _ITS_DEPLOYMENT,
             )
             .where(
                 IotHubConfiguration.tenant_id == tenant_id,
