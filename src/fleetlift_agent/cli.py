@@ -212,7 +212,7 @@ def build(args: argparse.Namespace) -> tuple[Runner, Controller | None]:
             )
         except ValueError as error:
             raise SystemExit(f"IoT Hub connection string: {error}") from None
-        client.report_observers.append(hub.observe_report)
+        client.observers.append(hub.observe)
         wakeup = hub
     runner = Runner(
         client=client,

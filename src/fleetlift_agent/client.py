@@ -90,9 +90,10 @@ class DeviceClient:
         self._token: str | None = None
         self._token_expires = 0.0
         self._lock = threading.Lock()
-        # Told of every report the server took (deployment, status, detail): the IoT Hub channel
-        # mirrors them into the device twin's reported properties.
-        self.report_observers: list[Callable[[str, str, str | None], None]] = []
+        # Told of what the server took, as (kind, fields): kind "report" {deployment_id, status,
+        # detail}, "log" {deployment_id, log} or "notification" {level, message}. The IoT Hub
+        # channel mirrors them into the device twin and device-to-cloud messages.
+        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
 
     def _send(
         self,
@@ -218,16 +219,20 @@ class DeviceClient:
         if answer >= 400 and answer not in (404, 409):
             raise ProtocolError(answer, _problem_detail(payload))
         # 404/409: the deployment is gone or already final on the server; the report is moot.
-        for observer in self.report_observers:
+        self._tell("report", {"deployment_id": deployment_id, "status": status, "detail": detail})
+
+    def _tell(self, kind: str, fields: dict[str, Any]) -> None:
+        for observer in self.observers:
             try:
-                observer(deployment_id, status, detail)
+                observer(kind, fields)
             except Exception:  # a side channel never fails the update
-                log.exception("a report observer failed")
+                log.exception("an observer of the device client failed")
 
     def upload_log(self, deployment_id: str, log: str) -> None:
         answer, _, payload = self._call("PUT", f"/deployments/{deployment_id}/log", document={"log": log})
         if answer >= 400 and answer not in (404, 409):
             raise ProtocolError(answer, _problem_detail(payload))
+        self._tell("log", {"deployment_id": deployment_id, "log": log})
 
     def send_inventory(self, inventory: dict[str, Any]) -> None:
         answer, _, payload = self._call("PATCH", "/inventory", document=inventory)
@@ -240,6 +245,7 @@ class DeviceClient:
         )
         if answer >= 400:
             raise ProtocolError(answer, _problem_detail(payload))
+        self._tell("notification", {"level": level, "message": message[:2000]})
 
     def absolute(self, url: str) -> str:
         """Download links come relative to the server."""

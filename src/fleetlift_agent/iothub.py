@@ -9,7 +9,8 @@ password, renewed at every reconnect) and then:
 - a change of the desired property ``fleetlift`` (the server's fallback when the device was offline
   for the method) wakes it too, when the device next connects;
 - the agent's progress goes into the reported property ``fleetlift`` ({state, deployment_id,
-  detail, at}), and logs and notifications go as device-to-cloud messages.
+  detail, at}), and its logs and notifications go as device-to-cloud messages (as well as to
+  fleetlift over HTTPS).
 
 As with the MQTT check messages, nothing received is trusted: what to install still comes from the
 authenticated poll over HTTPS. Azure's ``azure-iot-device`` SDK is not used: its current release
@@ -132,9 +133,15 @@ class IotHubChannel:
         }
         return self._publish(reported_patch_topic(next(self._request_ids)), patch)
 
-    def observe_report(self, deployment_id: str, status: str, detail: str | None) -> None:
-        """For ``DeviceClient.report_observers``: a report the server took goes to the twin too."""
-        self.report_state(status, deployment_id=deployment_id, detail=detail)
+    def observe(self, kind: str, fields: dict[str, Any]) -> None:
+        """For ``DeviceClient.observers``: a report the server took goes to the twin's reported
+        properties; logs and notifications go as device-to-cloud messages."""
+        if kind == "report":
+            self.report_state(
+                fields["status"], deployment_id=fields["deployment_id"], detail=fields["detail"]
+            )
+        elif kind in ("log", "notification"):
+            self.send_event(kind, fields)
 
     def send_event(self, kind: str, body: dict[str, Any]) -> bool:
         """A device-to-cloud message (logs, notifications) with its kind as an application property."""

@@ -20,11 +20,13 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from fleetlift_agent.client import DeviceClient, ProtocolError
 from fleetlift_agent.iothub import TOKEN_SECONDS, IotHubChannel
 from fleetlift_wire.iothub import DeviceConnectionString
 
@@ -156,8 +158,8 @@ def test_reports_reach_the_reported_properties(hub_broker: PrivateBroker) -> Non
     channel.watch("default", DEVICE, lambda: None)
     try:
         wait_until(lambda: channel.connected.is_set(), what="connected")
-        channel.observe_report("dep_7", "installing", "step 2 of 3")
-        assert channel.send_event("notification", {"level": "info", "message": "hello"})
+        channel.observe("report", {"deployment_id": "dep_7", "status": "installing", "detail": "step 2 of 3"})
+        channel.observe("notification", {"level": "info", "message": "hello"})
         wait_until(lambda: bool(cloud.received("$iothub/twin/PATCH/properties/reported/")), what="the patch")
         topic, payload = cloud.received("$iothub/twin/PATCH/properties/reported/")[0]
         assert topic.startswith("$iothub/twin/PATCH/properties/reported/?$rid=")
@@ -190,3 +192,37 @@ def test_a_wrong_key_is_refused_and_never_logged(
             gc.collect()
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert wrong not in text and "SharedAccessSignature" not in text
+
+
+class AnsweringClient(DeviceClient):
+    """The device client with the server's answers given here (its HTTP layer is tested elsewhere)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.observers = []
+
+    def _call(self, method: str, path: str, **_kw: Any) -> tuple[int, dict[str, str], bytes]:
+        return self.status, {}, b""
+
+
+def test_what_the_server_took_is_told_to_the_observers_and_a_failing_one_changes_nothing() -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def broken(kind: str, fields: dict[str, Any]) -> None:
+        raise RuntimeError("the hub side channel failed")
+
+    client = AnsweringClient(204)
+    client.observers += [broken, lambda kind, fields: seen.append((kind, fields))]
+    client.report("dep_1", "installing", "half way")
+    client.upload_log("dep_1", "line 1\nline 2")
+    client.notify("warning", "disk 91% full")
+    assert seen == [
+        ("report", {"deployment_id": "dep_1", "status": "installing", "detail": "half way"}),
+        ("log", {"deployment_id": "dep_1", "log": "line 1\nline 2"}),
+        ("notification", {"level": "warning", "message": "disk 91% full"}),
+    ]
+    refused = AnsweringClient(500)
+    refused.observers.append(lambda kind, fields: seen.append((kind, fields)))
+    with pytest.raises(ProtocolError):
+        refused.notify("info", "not taken")
+    assert len(seen) == 3  # what the server did not take is not told
