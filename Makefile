@@ -16,7 +16,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,agent]'
+	$(BIN)/python -m pip install --quiet -e '.[test,agent,iothub]'
 	touch $@ $(VENV)/.installed-run
 
 # Test-only tools from npm (Azurite, the Azure Storage emulator).

@@ -204,14 +204,12 @@ def build(args: argparse.Namespace) -> tuple[Runner, Controller | None]:
 
         try:
             hub = IotHubChannel(
-                args.iothub_connection_string,
-                mqtt_host=args.iothub_mqtt_host,
-                port=args.iothub_mqtt_port,
-                tls=not args.iothub_plain_mqtt,
-                ca_file=args.iothub_ca_file,
+                args.iothub_connection_string, ca_file=args.iothub_ca_file, websockets=args.iothub_websockets
             )
         except ValueError as error:
             raise SystemExit(f"IoT Hub connection string: {error}") from None
+        except (RuntimeError, OSError) as error:
+            raise SystemExit(f"IoT Hub: {error}") from None
         client.observers.append(hub.observe)
         wakeup = hub
     runner = Runner(
@@ -278,17 +276,19 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--iothub-connection-string",
         default=os.environ.get("FLEETLIFT_AGENT_IOTHUB_CONNECTION_STRING") or None,
-        help="HostName=...;DeviceId=...;SharedAccessKey=...: use Azure IoT Hub as the channel "
-        "(docs/iothub.md); default: $FLEETLIFT_AGENT_IOTHUB_CONNECTION_STRING (keeps the key out of "
+        help="HostName=...;DeviceId=...;SharedAccessKey=...[;GatewayHostName=...]: use Azure IoT Hub "
+        "as the channel (needs the iothub extra; "
+        "docs/iothub.md); default: $FLEETLIFT_AGENT_IOTHUB_CONNECTION_STRING (keeps the key out of "
         "the process list).",
     )
-    run.add_argument("--iothub-mqtt-host", default=None, help="Connect here instead of the hub's host.")
-    run.add_argument("--iothub-mqtt-port", type=int, default=8883, help="The hub's MQTT port.")
-    run.add_argument("--iothub-ca-file", default=None, help="CA bundle for the hub's TLS certificate.")
     run.add_argument(
-        "--iothub-plain-mqtt",
-        action="store_true",
-        help="No TLS (only for a local broker standing in for the hub in tests).",
+        "--iothub-ca-file",
+        type=Path,
+        default=None,
+        help="PEM CA certificates to trust for the hub, e.g. an IoT Edge gateway's (GatewayHostName=).",
+    )
+    run.add_argument(
+        "--iothub-websockets", action="store_true", help="MQTT over WebSockets on 443 instead of 8883."
     )
     run.add_argument("--local-api-port", type=int, default=8765, help="Loopback port of the local API.")
     run.add_argument("--callback-url", default=None, help="Where state changes are POSTed.")
@@ -325,6 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if logging.getLogger().level > logging.DEBUG:
+        # Azure's device SDK warns of every dropped connection with a traceback; the channel logs
+        # each outage once in its own words.
+        logging.getLogger("azure.iot.device").setLevel(logging.ERROR)
     runner, controller = build(args)
     local_api: Any = None
     if controller is not None:

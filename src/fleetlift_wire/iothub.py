@@ -1,6 +1,6 @@
-"""Azure IoT Hub facts shared by the server's adapter and the agent's IoT Hub channel: shared access
-signatures, device connection strings, and the device-side MQTT topics of the hub's documented
-MQTT support (api-version 2021-04-12). Pure: no I/O, no clock."""
+"""Azure IoT Hub facts that need no SDK: shared access signatures (the server's adapter signs its
+requests with them) and device connection strings (the agent checks one before handing it to Azure's
+device SDK). Pure: no I/O, no clock."""
 
 from __future__ import annotations
 
@@ -10,16 +10,6 @@ import hashlib
 import hmac
 import urllib.parse
 from dataclasses import dataclass, field
-
-API_VERSION = "2021-04-12"
-MQTT_PORT = 8883  # the hub accepts MQTT 3.1.1 over TLS only
-
-# Topics of one device's connection (the hub scopes them to the connection, so no device ID appears
-# in the method and twin topics).
-DESIRED_PATCHES = "$iothub/twin/PATCH/properties/desired/#"
-METHOD_CALLS = "$iothub/methods/POST/#"
-TWIN_RESPONSES = "$iothub/twin/res/#"
-_METHOD_PREFIX = "$iothub/methods/POST/"
 
 
 def _encode(text: str) -> str:
@@ -43,11 +33,13 @@ def sas_token(resource_uri: str, key_b64: str, expiry: int, key_name: str | None
 
 @dataclass(frozen=True)
 class DeviceConnectionString:
-    """``HostName=<hub>.azure-devices.net;DeviceId=<id>;SharedAccessKey=<base64>``."""
+    """``HostName=<hub>.azure-devices.net;DeviceId=<id>;SharedAccessKey=<base64>``, with
+    ``GatewayHostName=<host>`` when the device reaches its hub through an IoT Edge gateway."""
 
     host_name: str
     device_id: str
     key: str = field(repr=False)
+    gateway_host_name: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> DeviceConnectionString:
@@ -65,54 +57,17 @@ class DeviceConnectionString:
         missing = [name for name in ("HostName", "DeviceId", "SharedAccessKey") if name not in parts]
         if missing:
             raise ValueError(f"the device connection string lacks {', '.join(missing)}")
-        unknown = sorted(set(parts) - {"HostName", "DeviceId", "SharedAccessKey"})
+        unknown = sorted(set(parts) - {"HostName", "DeviceId", "SharedAccessKey", "GatewayHostName"})
         if unknown:
             raise ValueError(f"unsupported parts in the device connection string: {', '.join(unknown)}")
         try:
             base64.b64decode(parts["SharedAccessKey"], validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("SharedAccessKey is not base64") from None
-        return cls(parts["HostName"], parts["DeviceId"], parts["SharedAccessKey"])
+        return cls(
+            parts["HostName"], parts["DeviceId"], parts["SharedAccessKey"], parts.get("GatewayHostName")
+        )
 
     @property
     def resource_uri(self) -> str:
         return f"{self.host_name}/devices/{self.device_id}"
-
-    @property
-    def mqtt_username(self) -> str:
-        return f"{self.host_name}/{self.device_id}/?api-version={API_VERSION}"
-
-    def password(self, expiry: int) -> str:
-        """The MQTT password: a SAS token signed with the device's own key."""
-        return sas_token(self.resource_uri, self.key, expiry)
-
-    @property
-    def events_topic(self) -> str:
-        """Device-to-cloud messages."""
-        return f"devices/{self.device_id}/messages/events/"
-
-
-def reported_patch_topic(request_id: int) -> str:
-    """Where a device publishes a patch of its reported properties."""
-    return f"$iothub/twin/PATCH/properties/reported/?$rid={request_id}"
-
-
-def method_response_topic(status: int, request_id: str) -> str:
-    """Where a device answers a direct method."""
-    return f"$iothub/methods/res/{status}/?$rid={request_id}"
-
-
-def parse_method_call(topic: str) -> tuple[str, str] | None:
-    """(method name, request ID) of a direct-method topic; ``None`` for any other topic."""
-    if not topic.startswith(_METHOD_PREFIX):
-        return None
-    name, _, query = topic[len(_METHOD_PREFIX) :].partition("/?")
-    request_id = urllib.parse.parse_qs(query).get("$rid", [""])[0]
-    if not name or not request_id:
-        return None
-    return name, request_id
-
-
-def is_desired_patch(topic: str) -> bool:
-    """Whether ``topic`` carries a change of the device twin's desired properties."""
-    return topic.startswith("$iothub/twin/PATCH/properties/desired/")

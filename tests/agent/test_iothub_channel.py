@@ -1,8 +1,7 @@
-"""The agent's IoT Hub channel over a real MQTT broker standing in for the hub's MQTT endpoint
-(Mosquitto, with a password file holding the device's expected SAS token, so a wrong user name or
-signature is refused as the hub would): the direct method ``fleetlift.update`` is answered 200 and
-wakes the update loop, another method is answered 404, a desired ``fleetlift`` change wakes it,
-reports reach the twin's reported properties, and the key never reaches the log.
+"""The agent's IoT Hub channel, through Azure's device SDK (``azure-iot-device``), against a real
+Mosquitto standing in for the hub's MQTT endpoint (``tests/iothub_mqtt.py``): TLS on 8883 with the
+test's own CA, the device reaching it as its gateway (``GatewayHostName=127.0.0.1``, as a device
+behind an IoT Edge gateway does), the test playing the hub's side.
 
 The hub scopes its ``$iothub/...`` topics to each device's connection; a shared broker does not, so
 each test has a broker of its own."""
@@ -11,108 +10,45 @@ from __future__ import annotations
 
 import base64
 import gc
-import hashlib
-import hmac
 import json
 import logging
-import subprocess
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetlift_agent.client import DeviceClient, ProtocolError
-from fleetlift_agent.iothub import TOKEN_SECONDS, IotHubChannel
+from fleetlift_agent.iothub import IotHubChannel
 from fleetlift_wire.iothub import DeviceConnectionString
 
-from ..mosquitto import PrivateBroker, private_broker
+from ..iothub_mqtt import Hub, hub_broker
+from ..mosquitto import PrivateBroker
 from .runner_fakes import in_thread, make_runner, wait_until
+
+pytest.importorskip("azure.iot.device", reason="the iothub extra (azure-iot-device) is not installed")
 
 HOST = "acme-hub.azure-devices.net"
 DEVICE = "gw-hub-1"
 KEY = base64.b64encode(b"the device's own 32-byte key....").decode()
-CONNECTION = f"HostName={HOST};DeviceId={DEVICE};SharedAccessKey={KEY}"
-NOW = 1_800_000_000
-
-
-def expected_password() -> str:
-    """The SAS token the hub expects, computed here independently of fleetlift's code."""
-    resource = urllib.parse.quote(f"{HOST}/devices/{DEVICE}".lower(), safe="").lower()
-    expiry = NOW + TOKEN_SECONDS
-    digest = hmac.new(base64.b64decode(KEY), f"{resource}\n{expiry}".encode(), hashlib.sha256).digest()
-    signature = urllib.parse.quote(base64.b64encode(digest).decode(), safe="")
-    return f"SharedAccessSignature sr={resource}&sig={signature}&se={expiry}"
+CONNECTION = f"HostName={HOST};DeviceId={DEVICE};SharedAccessKey={KEY};GatewayHostName=127.0.0.1"
 
 
 @pytest.fixture
-def hub_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
-    passwords = tmp_path / "passwords"
-    passwords.touch()
-    passwords.chmod(0o600)
-    username = f"{HOST}/{DEVICE}/?api-version=2021-04-12"
-    subprocess.run(
-        ["mosquitto_passwd", "-b", str(passwords), username, expected_password()], check=True, timeout=30
-    )
-    # The cloud side of the test logs in as "service".
-    subprocess.run(
-        ["mosquitto_passwd", "-b", str(passwords), "service", "service-pw"], check=True, timeout=30
-    )
-    config = f"allow_anonymous false\npassword_file {passwords}\n"
-    with private_broker(tmp_path / "broker", config) as broker:
-        yield broker
+def hub(tmp_path: Path) -> Iterator[tuple[PrivateBroker, Path]]:
+    with hub_broker(tmp_path) as started:
+        yield started
 
 
-class Cloud:
-    """The hub's side of the device's topics: calls methods, patches desired properties, and
-    records what the device sends."""
-
-    def __init__(self, port: int) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-        self.client.username_pw_set("service", "service-pw")
-        self.client.on_message = lambda _c, _d, message: self.messages.append(
-            (message.topic, message.payload)
-        )
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe([("$iothub/methods/res/#", 1), ("$iothub/twin/PATCH/properties/reported/#", 1)])
-        self.client.subscribe("devices/#", 1)
-        self.client.loop_start()
-        time.sleep(0.3)
-
-    def _on_message(self, _client: object, _data: object, message: mqtt.MQTTMessage) -> None:
-        self.messages.append((message.topic, message.payload))
-
-    def call(self, name: str, request_id: str) -> None:
-        self.client.publish(f"$iothub/methods/POST/{name}/?$rid={request_id}", json.dumps({}), qos=1)
-
-    def patch_desired(self, patch: dict[str, object], version: int) -> None:
-        self.client.publish(
-            f"$iothub/twin/PATCH/properties/desired/?$version={version}", json.dumps(patch), qos=1
-        )
-
-    def received(self, prefix: str) -> list[tuple[str, bytes]]:
-        return [(topic, payload) for topic, payload in list(self.messages) if topic.startswith(prefix)]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def channel_for(broker: PrivateBroker, connection: str = CONNECTION) -> IotHubChannel:
-    return IotHubChannel(connection, mqtt_host="127.0.0.1", port=broker.port, tls=False, clock=lambda: NOW)
+def channel_for(ca: Path, connection: str = CONNECTION) -> IotHubChannel:
+    return IotHubChannel(connection, ca_file=ca, reconnect_seconds=1, clock=lambda: 1_800_000_000)
 
 
 def test_the_device_connection_string_is_checked_without_echoing_the_key() -> None:
     parsed = DeviceConnectionString.parse(CONNECTION)
-    assert (parsed.host_name, parsed.device_id) == (HOST, DEVICE)
+    assert (parsed.host_name, parsed.device_id, parsed.gateway_host_name) == (HOST, DEVICE, "127.0.0.1")
     assert KEY not in repr(parsed)
-    assert parsed.mqtt_username == f"{HOST}/{DEVICE}/?api-version=2021-04-12"
-    assert parsed.password(NOW + TOKEN_SECONDS) == expected_password()
     for broken in (f"HostName={HOST};DeviceId={DEVICE}", f"{CONNECTION};ModuleId=m", "HostName"):
         with pytest.raises(ValueError) as caught:
             DeviceConnectionString.parse(broken)
@@ -122,76 +58,156 @@ def test_the_device_connection_string_is_checked_without_echoing_the_key() -> No
 
 
 def test_a_direct_method_and_a_desired_change_wake_the_update_loop(
-    hub_broker: PrivateBroker, tmp_path: Path
+    hub: tuple[PrivateBroker, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    channel = channel_for(hub_broker)
+    broker, ca = hub
+    hub_side = Hub(broker.port)
+    channel = channel_for(ca)
     runner, client, _ = make_runner(tmp_path, poll_interval=300, wakeup=channel, device_id=DEVICE)
-    cloud = Cloud(hub_broker.port)
     worker = in_thread(runner.run)
     try:
-        # The first poll, and one more once connected (a request sent while offline may be waiting).
-        wait_until(lambda: channel.connected.is_set() and len(client.polls) == 2, what="connected, two polls")
-        time.sleep(0.5)
-        assert len(client.polls) == 2
-        cloud.call("fleetlift.update", "41")
-        wait_until(lambda: len(client.polls) == 3, timeout=5, what="the poll after the direct method")
-        wait_until(lambda: bool(cloud.received("$iothub/methods/res/")), what="the method's answer")
-        topic, payload = cloud.received("$iothub/methods/res/")[0]
-        assert topic == "$iothub/methods/res/200/?$rid=41" and json.loads(payload) == {"accepted": True}
-        cloud.call("reboot", "42")
-        wait_until(lambda: len(cloud.received("$iothub/methods/res/")) == 2, what="the refusal")
-        assert cloud.received("$iothub/methods/res/")[1][0] == "$iothub/methods/res/404/?$rid=42"
-        cloud.patch_desired({"other": 1}, version=2)  # not fleetlift's: no poll
-        cloud.patch_desired({"fleetlift": {"update": {"deployment_id": "dep_1", "sequence": 1}}}, version=3)
-        wait_until(lambda: len(client.polls) == 4, timeout=5, what="the poll after the desired change")
-        assert channel.desired_patches == 2 and len(client.polls) == 4
+        with caplog.at_level(logging.DEBUG):
+            # The first poll, and one more once connected (a request sent while offline may be waiting).
+            wait_until(
+                lambda: channel.connected.is_set() and len(client.polls) == 2, what="connected, two polls"
+            )
+            time.sleep(0.5)
+            assert len(client.polls) == 2
+            hub_side.call("fleetlift.update", "41")
+            wait_until(lambda: len(client.polls) == 3, timeout=5, what="the poll after the direct method")
+            wait_until(lambda: bool(hub_side.received("$iothub/methods/res/")), what="the method's answer")
+            topic, payload = hub_side.received("$iothub/methods/res/")[0]
+            assert topic == "$iothub/methods/res/200/?$rid=41" and json.loads(payload) == {"accepted": True}
+            hub_side.call("reboot", "42")
+            wait_until(lambda: len(hub_side.received("$iothub/methods/res/")) == 2, what="the refusal")
+            assert hub_side.received("$iothub/methods/res/")[1][0] == "$iothub/methods/res/404/?$rid=42"
+            hub_side.patch_desired({"other": 1})  # not fleetlift's: no poll
+            hub_side.patch_desired({"fleetlift": {"update": {"deployment_id": "dep_1", "sequence": 1}}})
+            wait_until(lambda: len(client.polls) == 4, timeout=5, what="the poll after the desired change")
+            assert channel.desired_patches == 2 and len(client.polls) == 4 and channel.methods == 2
     finally:
         runner.request_stop()
         worker.join(5)
-        cloud.close()
+        channel.close()
+        hub_side.close()
     assert not worker.is_alive()
+    # Not even the SDK's debug log carries the key or the token made from it.
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "fleetlift.update" in text
+    assert KEY not in text and "sig=" not in text
 
 
-def test_reports_reach_the_reported_properties(hub_broker: PrivateBroker) -> None:
-    channel = channel_for(hub_broker)
-    cloud = Cloud(hub_broker.port)
+def test_reports_reach_the_reported_properties_and_logs_go_as_messages(
+    hub: tuple[PrivateBroker, Path],
+) -> None:
+    broker, ca = hub
+    hub_side = Hub(broker.port)
+    channel = channel_for(ca)
+    assert channel.report_state("installing") is False  # not connected yet: dropped, not queued
     channel.watch("default", DEVICE, lambda: None)
     try:
         wait_until(lambda: channel.connected.is_set(), what="connected")
         channel.observe("report", {"deployment_id": "dep_7", "status": "installing", "detail": "step 2 of 3"})
         channel.observe("notification", {"level": "info", "message": "hello"})
-        wait_until(lambda: bool(cloud.received("$iothub/twin/PATCH/properties/reported/")), what="the patch")
-        topic, payload = cloud.received("$iothub/twin/PATCH/properties/reported/")[0]
+        channel.observe("log", {"deployment_id": "dep_7", "log": "line 1\nline 2"})
+        wait_until(
+            lambda: bool(hub_side.received("$iothub/twin/PATCH/properties/reported/")), what="the patch"
+        )
+        topic, payload = hub_side.received("$iothub/twin/PATCH/properties/reported/")[0]
         assert topic.startswith("$iothub/twin/PATCH/properties/reported/?$rid=")
         assert json.loads(payload) == {
-            "fleetlift": {"state": "installing", "deployment_id": "dep_7", "detail": "step 2 of 3", "at": NOW}
+            "fleetlift": {
+                "state": "installing",
+                "deployment_id": "dep_7",
+                "detail": "step 2 of 3",
+                "at": 1_800_000_000,
+            }
         }
-        wait_until(lambda: bool(cloud.received(f"devices/{DEVICE}/messages/events/")), what="the message")
-        event_topic, body = cloud.received(f"devices/{DEVICE}/messages/events/")[0]
-        assert "kind=notification" in event_topic and json.loads(body)["message"] == "hello"
+        prefix = f"devices/{DEVICE}/messages/events/"
+        wait_until(lambda: len(hub_side.received(prefix)) == 2, what="the two device-to-cloud messages")
+        (notice_topic, notice), (log_topic, log_body) = hub_side.received(prefix)
+        assert "kind=notification" in notice_topic and json.loads(notice)["message"] == "hello"
+        assert "%24.ct=application%2Fjson" in notice_topic and "%24.ce=utf-8" in notice_topic
+        assert "kind=log" in log_topic and json.loads(log_body)["log"] == "line 1\nline 2"
     finally:
         channel.close()
-        cloud.close()
+        hub_side.close()
 
 
-# paho leaves the socket of a refused connection to the garbage collector (ResourceWarning): it is
-# collected here, inside the test, where the warning is expected.
+# paho (inside the SDK) leaves the socket of a dropped or refused connection to the garbage
+# collector (ResourceWarning): it is collected here, inside the test, where the warning is expected.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_wrong_key_is_refused_and_never_logged(
-    hub_broker: PrivateBroker, caplog: pytest.LogCaptureFixture
+def test_after_an_outage_the_device_reconnects_and_polls(
+    hub: tuple[PrivateBroker, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    wrong = base64.b64encode(b"not the device's key, 32 bytes..").decode()
-    channel = channel_for(hub_broker, f"HostName={HOST};DeviceId={DEVICE};SharedAccessKey={wrong}")
-    with caplog.at_level(logging.INFO, logger="fleetlift_agent"):
-        channel.watch("default", DEVICE, lambda: None)
-        try:
-            wait_until(lambda: any("refused" in r.getMessage() for r in caplog.records), what="the refusal")
-            assert not channel.connected.is_set()
-        finally:
-            channel.close()
-            gc.collect()
+    broker, ca = hub
+    channel = channel_for(ca)
+    runner, client, _ = make_runner(tmp_path, poll_interval=300, wakeup=channel, device_id=DEVICE)
+    worker = in_thread(runner.run)
+    try:
+        with caplog.at_level(logging.INFO, logger="fleetlift_agent"):
+            wait_until(lambda: channel.connected.is_set() and len(client.polls) == 2, what="connected")
+            broker.stop()
+            wait_until(lambda: not channel.connected.is_set(), what="the outage noticed")
+            assert channel.report_state("installing") is False
+            broker.start()
+            # Back: a request made while the device was away is looked for at once.
+            wait_until(lambda: channel.connected.is_set(), timeout=30, what="reconnected")
+            wait_until(lambda: len(client.polls) == 3, timeout=5, what="the poll after reconnecting")
+        messages = [record.getMessage() for record in caplog.records]
+        assert sum("polling as usual until it is back" in message for message in messages) == 1
+        assert any("reachable again" in message for message in messages)
+    finally:
+        runner.request_stop()
+        worker.join(5)
+        channel.close()
+        gc.collect()
+    assert not worker.is_alive()
+
+
+# paho (inside the SDK) leaves the socket of a dropped or refused connection to the garbage
+# collector (ResourceWarning): it is collected here, inside the test, where the warning is expected.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_refused_connection_is_retried_and_logged_once_without_the_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A hub that admits nobody (no password file entry for the device): the SDK's CONNECT is refused.
+    passwords = tmp_path / "passwords"
+    passwords.write_text("")
+    passwords.chmod(0o600)
+    with hub_broker(tmp_path, f"allow_anonymous false\npassword_file {passwords}\n") as (broker, ca):
+        channel = channel_for(ca)
+        with caplog.at_level(logging.DEBUG):
+            channel.watch("default", DEVICE, lambda: None)
+            try:
+                wait_until(
+                    lambda: "CONNACK" in broker.log() or "not authorised" in broker.log(), what="a try"
+                )
+                wait_until(
+                    lambda: any("cannot connect" in r.getMessage() for r in caplog.records),
+                    timeout=30,
+                    what="the outage logged",
+                )
+                time.sleep(4)  # 1 s, then 2 s: more attempts, no more warnings
+                assert not channel.connected.is_set()
+            finally:
+                channel.close()
+                gc.collect()
+        attempts = broker.log().count("not authorised")
+    warnings = [
+        r.getMessage() for r in caplog.records if r.name == "fleetlift_agent" and r.levelno >= logging.WARNING
+    ]
+    assert len(warnings) == 1 and attempts >= 2, (warnings, attempts)
     text = "\n".join(record.getMessage() for record in caplog.records)
-    assert wrong not in text and "SharedAccessSignature" not in text
+    assert KEY not in text and "sig=" not in text
+
+
+def test_without_the_sdk_the_agent_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "azure.iot.device", None)  # as if not installed
+    with pytest.raises(RuntimeError, match=r"fleetlift\[agent,iothub\]"):
+        IotHubChannel(CONNECTION)
 
 
 class AnsweringClient(DeviceClient):

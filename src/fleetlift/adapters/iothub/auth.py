@@ -108,7 +108,7 @@ def sas_token(resource_uri: str, key_b64: str, key_name: str | None, expiry: int
     """A ``SharedAccessSignature`` header value for ``resource_uri`` valid until ``expiry`` (Unix seconds).
 
     The signature is HMAC-SHA256, keyed with the base64-decoded key, over the URL-encoded resource URI,
-    a newline and the expiry (computed in ``fleetlift_wire.iothub``, which the agent shares).
+    a newline and the expiry (computed in ``fleetlift_wire.iothub``).
     """
     return wire_sas_token(resource_uri, key_b64, expiry, key_name)
 
