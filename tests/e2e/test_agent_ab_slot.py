@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,6 @@ from .harness import ServerProcess, server_process
 __all__ = ["server_process"]
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.stop()
 
 
 def _base_release(server: ServerProcess, version: str, image: bytes) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,14 +23,6 @@ pytestmark = pytest.mark.e2e
 
 DEVICE = "gw-iothub-e2e"
 KEY = base64.b64encode(b"e2e device key, thirty-two bytes").decode()
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.stop()
 
 
 def _reported_states(hub: Hub) -> list[str]:

@@ -19,14 +19,6 @@ __all__ = ["server_process"]
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.stop()
-
-
 def _admitted_agent(
     server: ServerProcess, tmp_path: Path, agents: list[AgentProcess], device_id: str, *extra: str
 ) -> AgentProcess:
