@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +16,7 @@ from sqlalchemy import select
 from fleetlift.events.dispatcher import secret_context
 from fleetlift.events.models import WebhookDelivery, WebhookSubscription
 
+from ..fleetlift_logs import capture_fleetlift_logs
 from .conftest import Api
 
 SECRET = "my-very-own-webhook-secret-1234"
@@ -27,16 +27,6 @@ def _create(api: Api, **body: object) -> dict[str, object]:
     assert response.status_code == 201, response.text
     assert response.headers["Location"] == f"/api/v1/webhooks/{response.json()['id']}"
     return response.json()  # type: ignore[no-any-return]
-
-
-def capture_fleetlift_logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    """fleetlift's logger writes to its own handler and does not propagate: listen on it directly."""
-    logger = logging.getLogger("fleetlift")
-    monkeypatch.setattr(logger, "level", logging.DEBUG)
-    if caplog.handler not in logger.handlers:
-        monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
-    monkeypatch.setattr(logger, "propagate", False)  # once, not again through the root logger
-    caplog.set_level(logging.DEBUG)
 
 
 def test_create_answers_the_secret_once_and_reads_never_do(api: Api) -> None:

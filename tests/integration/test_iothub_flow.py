@@ -5,6 +5,7 @@ status back, update and delete it, and trigger devices one by one and in batches
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from fleetlift.db import transaction
 from fleetlift.migrate import upgrade
 from fleetlift.tenants import repository as tenants
 
+from ..fleetlift_logs import capture_fleetlift_logs
 from ..iothub_emulator import IotHubEmulator
 
 DIGEST = "sha256:" + "a" * 64
@@ -444,3 +446,49 @@ def test_the_background_worker_syncs_due_hubs(tmp_path: Path) -> None:
         device = flow.ok("GET", "/devices/gw-1")
         assert device["status"] == "accepted" and device["tags"] == {"env": "prod"}
         assert app.state.iothub_worker.passes > 0
+
+
+def test_a_hub_sealed_under_another_key_is_refused_clearly_and_said_once(
+    flow: Flow, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = flow.ok(
+        "POST",
+        "/iothub/hubs",
+        201,
+        json={
+            "name": "resealed",
+            "connection_string": flow.hub.connection_string,
+            "sync_interval_seconds": 60,
+        },
+    )
+    hub_id = flow.hub_id = created["id"]  # never synced: due at the next pass
+    flow.deploy(flow.release()["id"], "tags.env = 'prod'")  # a configuration waiting to be created
+    # A second server on the same database with a secrets key of its own (a replaced data directory).
+    other_settings = flow.settings.model_copy(
+        update={"data_dir": tmp_path, "database_url": flow.settings.resolved_database_url}
+    )
+    other_app = create_app(other_settings)
+    other_app.state.iothub_clients.transport = flow.hub.transport()
+    with TestClient(other_app) as other_client:
+        other = Flow(other_client, flow.tenant, other_settings, flow.hub, hub_id=hub_id)
+        refused = other.call("POST", f"/iothub/hubs/{hub_id}/sync")
+        assert refused.status_code == 409, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert "cannot be opened with this server's secrets key" in refused.json()["detail"]
+        worker = other_app.state.iothub_worker
+        assert other_client.portal is not None
+        capture_fleetlift_logs(caplog, monkeypatch)
+        for _ in range(3):
+            other_client.portal.call(partial(worker.run_once, status_interval=3600))
+        about_this_hub = [r for r in caplog.records if hub_id in r.getMessage()]
+        # Three passes, said once, without a traceback (the sync's failure is on the hub, and the
+        # refused sync above made it not due again before its interval).
+        said = [r.getMessage().split(" for hub ")[0] for r in about_this_hub]
+        assert said == ["iothub pass failed"], [r.getMessage() for r in about_this_hub]
+        for record in about_this_hub:
+            assert record.levelno == logging.WARNING and not record.exc_info
+            assert "register it again" in record.getMessage()
+        last_sync = other.ok("GET", f"/iothub/hubs/{hub_id}")["last_sync"]
+        assert last_sync["status"] != "ok" and "register it again" in last_sync["error"], last_sync
+    # The server that sealed it still works with it.
+    assert flow.sync()["hub_id"] == hub_id

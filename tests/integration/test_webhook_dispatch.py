@@ -37,6 +37,7 @@ from fleetlift.secrets_box import SecretBox
 from fleetlift.tenants import repository as tenants
 
 from ..conftest import migrated_schema
+from ..fleetlift_logs import capture_fleetlift_logs
 
 SECRET = "whsec_test-secret-0123456789abcdef"
 
@@ -244,16 +245,6 @@ def verify(secret: str, request: Received) -> bool:
 
 
 # -- the tests ---------------------------------------------------------------------------------
-
-
-def capture_fleetlift_logs(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    """fleetlift's logger writes to its own handler and does not propagate: listen on it directly."""
-    logger = logging.getLogger("fleetlift")
-    monkeypatch.setattr(logger, "level", logging.DEBUG)
-    if caplog.handler not in logger.handlers:
-        monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
-    monkeypatch.setattr(logger, "propagate", False)  # once, not again through the root logger
-    caplog.set_level(logging.DEBUG)
 
 
 def test_events_arrive_signed_with_the_documented_body_and_headers(

@@ -149,9 +149,17 @@ class HubClients:
             return EntraTokenProvider(self.entra_credential)
         if access.sealed_connection_string is None:
             raise InvalidInput(f"hub '{access.hub_id}' has no stored connection string")
-        text = self.box.open(
-            access.sealed_connection_string, context=_context(access.tenant_id, access.hub_id)
-        )
+        try:
+            text = self.box.open(
+                access.sealed_connection_string, context=_context(access.tenant_id, access.hub_id)
+            )
+        except ValueError:
+            # Sealed under another secrets key: the data directory's key was replaced, or the
+            # database is shared with a server that has a key of its own.
+            raise Conflict(
+                f"the stored connection string of hub '{access.hub_id}' cannot be opened with this "
+                "server's secrets key; delete the hub and register it again with its connection string"
+            ) from None
         return SasTokenProvider(ConnectionString.parse(text))
 
     def client(self, access: HubAccess) -> IotHubClient:
@@ -397,11 +405,11 @@ async def sync_devices(
     """Import the hub's devices (``SELECT * FROM devices [WHERE sync_condition]``), page by page,
     one upsert per page, so a big hub is never held in memory."""
     access = await _db(_load_access, sessions, tenant_id, hub_id)
-    client = clients.client(access)
     query = "SELECT * FROM devices" + (f" WHERE {access.sync_condition}" if access.sync_condition else "")
     synced = pages = changed = 0
     batch: dict[str, dict[str, Any]] = {}
     try:
+        client = clients.client(access)  # inside: a hub whose credentials fail shows it in last_sync
         async for twin in client.query_twins(query, page_size=page_size):
             row = device_row(twin, tenant_id=tenant_id, hub_id=hub_id, now=utcnow())
             if row is not None:

@@ -51,12 +51,22 @@ class IotHubWorker:
         self.clock = clock
         self.max_configurations = max_configurations
         self.passes = 0
+        # (hub ID, "sync" or "pass") -> what was last logged of its failure
+        self._said: dict[tuple[str, str], str] = {}
         # Per event loop: a lifespan may run more than once, even nested on other loops (test
         # clients do), and asyncio primitives belong to one loop.
         self._pass_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
         self._stops: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
+
+    def _say_once(self, about: tuple[str, str], message: str, detail: str) -> None:
+        """A hub that is misconfigured or unreachable stays so for many passes: a failure of its
+        sync or of its pass is logged once, and again only when what is wrong changes or after
+        it worked in between."""
+        if self._said.get(about) != detail:
+            self._said[about] = detail
+            log.warning(message, about[0], detail)
 
     def _hubs(self) -> list[tuple[str, str]]:
         with self.sessions() as session:
@@ -98,7 +108,10 @@ class IotHubWorker:
                         sessions=self.sessions, clients=self.clients, tenant_id=tenant_id, hub_id=hub_id
                     )
                 except FleetliftError as error:
-                    log.warning("iothub sync failed", extra={"hub_id": hub_id, "error": error.detail})
+                    # Recorded on the hub (last_sync); the log hears of it once.
+                    self._say_once((hub_id, "sync"), "iothub sync failed for hub %s: %s", error.detail)
+                else:
+                    self._said.pop((hub_id, "sync"), None)
             await service.reconcile_hub(
                 sessions=self.sessions,
                 clients=self.clients,
@@ -122,9 +135,14 @@ class IotHubWorker:
             for tenant_id, hub_id in await anyio.to_thread.run_sync(self._hubs):
                 try:
                     done += await self.run_hub(tenant_id, hub_id, status_interval=status_interval)
+                except FleetliftError as error:
+                    self._say_once((hub_id, "pass"), "iothub pass failed for hub %s: %s", error.detail)
+                    continue
                 except Exception:
-                    # One hub's failure (unreachable, misconfigured) must not stop the others.
+                    # One hub's failure must not stop the others.
                     log.exception("iothub pass failed for hub %s", hub_id)
+                    continue
+                self._said.pop((hub_id, "pass"), None)
             self.passes += 1
             return done
 
