@@ -89,6 +89,64 @@ def test_hub_lifecycle_404_409_412(api: Api) -> None:
     assert api.get(f"/iothub/hubs/{hub['id']}").status_code == 404
 
 
+def _patch(api: Api, hub_id: str, body: Any, **kw: Any) -> Any:
+    return api.call("PATCH", f"/iothub/hubs/{hub_id}", json=body, **kw)
+
+
+def test_a_hub_is_changed_and_its_rotated_key_stored_sealed(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    hub = _hub(api, name="before", sync_condition="tags.env = 'prod'", sync_interval_seconds=300)
+    etag = api.get(f"/iothub/hubs/{hub['id']}").headers["ETag"]
+    rotated = base64.b64encode(b"the regenerated iothub policy key!").decode()
+    new_connection = _connection(key=rotated).replace("iothubowner", "service")
+    changed = _patch(
+        api,
+        hub["id"],
+        {"name": "after", "connection_string": new_connection, "sync_condition": None},
+        headers={"If-Match": etag},
+    )
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert (body["name"], body["key_name"], body["sync_condition"]) == ("after", "service", None)
+    assert body["sync_interval_seconds"] == 300 and body["host_name"] == hub["host_name"]  # left as it was
+    assert changed.headers["ETag"] != etag
+    assert _patch(api, hub["id"], {"name": "again"}, headers={"If-Match": etag}).status_code == 412
+    assert _patch(api, hub["id"], {"sync_interval_seconds": 60}).json()["sync_interval_seconds"] == 60
+    audit = api.get("/audit", params={"limit": 200}).text
+    assert "iothub.hubs.update" in audit
+    assert "iothub" in caplog.text  # the logs were heard
+    for text in (caplog.text, audit, changed.text):
+        assert rotated not in text and KEY not in text and "SharedAccessKey=" not in text
+
+
+def test_a_hub_change_that_cannot_be_is_refused(api: Api) -> None:
+    hub = _hub(api)
+    other = _hub(api)
+    entra = _hub(api, connection_string=None, auth="entra", host_name="entra-hub.azure-devices.net")
+    cases: list[tuple[str, Any, int, str]] = [
+        (hub["id"], {}, 400, "at least one"),
+        (hub["id"], {"name": None}, 400, "cannot be null"),
+        (hub["id"], {"connection_string": None}, 400, "cannot be null"),
+        (hub["id"], {"host_name": "x.azure-devices.net"}, 400, "host_name"),
+        (hub["id"], {"sync_interval_seconds": -1}, 400, "sync_interval_seconds"),
+        (hub["id"], {"connection_string": "HostName=contoso.azure-devices.net"}, 400, "SharedAccessKey"),
+        (hub["id"], {"connection_string": _connection("elsewhere.azure-devices.net")}, 400, "not this hub"),
+        (entra["id"], {"connection_string": _connection("entra-hub.azure-devices.net")}, 400, "Entra ID"),
+        (hub["id"], {"name": other["name"]}, 409, "exists already"),
+        ("hub_missing", {"name": "x"}, 404, "hub_missing"),
+    ]
+    for hub_id, body, status, says in cases:
+        refused = _patch(api, hub_id, body)
+        assert refused.status_code == status, (body, refused.text)
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert says in refused.text, (body, refused.text)
+        assert KEY not in refused.text
+    assert _patch(api, hub["id"], {"name": "renamed"}, role="operator").status_code == 403
+    assert api.get(f"/iothub/hubs/{hub['id']}").json()["name"] == hub["name"]  # nothing changed
+
+
 def test_permissions(api: Api) -> None:
     body = {"name": "perm", "connection_string": _connection()}
     for role in ("viewer", "developer", "operator"):

@@ -4,6 +4,7 @@ status back, update and delete it, and trigger devices one by one and in batches
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -487,8 +488,32 @@ def test_a_hub_sealed_under_another_key_is_refused_clearly_and_said_once(
         assert said == ["iothub pass failed"], [r.getMessage() for r in about_this_hub]
         for record in about_this_hub:
             assert record.levelno == logging.WARNING and not record.exc_info
-            assert "register it again" in record.getMessage()
+            assert "give it its connection string again" in record.getMessage()
         last_sync = other.ok("GET", f"/iothub/hubs/{hub_id}")["last_sync"]
-        assert last_sync["status"] != "ok" and "register it again" in last_sync["error"], last_sync
-    # The server that sealed it still works with it.
-    assert flow.sync()["hub_id"] == hub_id
+        assert last_sync["status"] != "ok" and "connection string again" in last_sync["error"], last_sync
+        # The remedy it names: the connection string again, sealed now under this server's key.
+        other.ok("PATCH", f"/iothub/hubs/{hub_id}", json={"connection_string": flow.hub.connection_string})
+        assert other.sync()["hub_id"] == hub_id
+
+
+def test_a_rotated_key_reaches_every_replica(flow: Flow) -> None:
+    hub_id = flow.register()
+    flow.hub.add_device("gw-rot-1", tags={"env": "prod"})
+    # A second replica on the same database and secrets key, with its own client cache.
+    replica_app = create_app(flow.settings)
+    replica_app.state.iothub_clients.transport = flow.hub.transport()
+    with TestClient(replica_app) as replica_client:
+        replica = Flow(replica_client, flow.tenant, flow.settings, flow.hub, hub_id=hub_id)
+        assert flow.sync()["synced"] == 1 and replica.sync()["synced"] == 1  # both hold a client now
+
+        flow.hub.key = base64.b64encode(b"regenerated in the portal, 32 b.").decode()
+        refused = flow.call("POST", f"/iothub/hubs/{hub_id}/sync")
+        assert refused.status_code >= 400 and flow.hub.key not in refused.text
+        changed = flow.call(
+            "PATCH", f"/iothub/hubs/{hub_id}", json={"connection_string": flow.hub.connection_string}
+        )
+        assert changed.status_code == 200, changed.text
+
+        assert flow.sync()["synced"] == 1
+        assert replica.sync()["synced"] == 1  # the replica made a new client from the new string
+        assert flow.ok("GET", f"/iothub/hubs/{hub_id}")["last_sync"]["status"] == "ok"

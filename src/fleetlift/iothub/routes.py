@@ -21,6 +21,7 @@ from fleetlift.iothub.schemas import (
     IotHubCreate,
     IotHubDeploymentRead,
     IotHubRead,
+    IotHubUpdate,
     MethodTriggerRequest,
     MethodTriggerResult,
     SyncResult,
@@ -134,6 +135,36 @@ def get_hub(
     caller: Annotated[Caller, permit(Permission.DEVICES_READ)],
 ) -> IotHubRead:
     hub = service.get_hub(session=session, caller=caller, hub_id=hub_id)
+    response.headers["ETag"] = etag_of(hub.row_version)
+    return _read(hub)
+
+
+@router.patch(
+    "/hubs/{hub_id}",
+    response_model=IotHubRead,
+    **operation(
+        Permission.IOTHUB_WRITE,
+        summary="Change an IoT hub",
+        description="Renames a hub, changes its device sync (`sync_condition`, `null` to remove it; "
+        "`sync_interval_seconds`), or gives it a new connection string after its policy's key was "
+        "regenerated: same hub host, checked and sealed like at registration, never answered or "
+        "logged; every server replica uses it from its next call to the hub. Fields left out stay "
+        "as they are. Honors `If-Match`.",
+        errors=(400, 404, 409, 412, 415),
+    ),
+)
+def update_hub(
+    hub_id: HubId,
+    data: IotHubUpdate,
+    request: Request,
+    session: SessionDep,
+    response: Response,
+    caller: Annotated[Caller, _admin("iothub.hubs.update")],
+    if_match: IfMatch = None,
+) -> IotHubRead:
+    hub = service.update_hub(
+        session=session, clients=_clients(request), caller=caller, hub_id=hub_id, data=data, if_match=if_match
+    )
     response.headers["ETag"] = etag_of(hub.row_version)
     return _read(hub)
 

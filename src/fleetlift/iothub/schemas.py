@@ -73,6 +73,49 @@ class IotHubCreate(StrictModel):
         return self
 
 
+class IotHubUpdate(StrictModel):
+    """Changes to a registered hub. Fields left out stay as they are; ``sync_condition: null``
+    removes the condition. A new connection string is how a rotated key reaches fleetlift: it must
+    name the same hub (host) and belong to a hub registered with ``auth: sas``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "connection_string": "HostName=contoso.azure-devices.net;SharedAccessKeyName=iothubowner;"
+                    "SharedAccessKey=<the regenerated key>"
+                },
+                {"sync_condition": None, "sync_interval_seconds": 60},
+            ]
+        },
+    )
+
+    name: Name | None = None
+    connection_string: SecretStr | None = Field(
+        default=None,
+        description="The hub's connection string after its policy's key was regenerated (or another "
+        "policy's). Stored sealed; never answered or logged.",
+    )
+    sync_condition: SyncCondition | None = Field(
+        default=None, description="A new WHERE clause for the device sync; `null` removes it."
+    )
+    sync_interval_seconds: int | None = Field(
+        default=None, ge=0, le=7 * 24 * 3600, description="How often devices are synced; 0: on demand only."
+    )
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> IotHubUpdate:
+        if not self.model_fields_set:
+            raise ValueError(
+                "name at least one of name, connection_string, sync_condition, sync_interval_seconds"
+            )
+        for required in ("name", "connection_string", "sync_interval_seconds"):
+            if required in self.model_fields_set and getattr(self, required) is None:
+                raise ValueError(f"{required} cannot be null")
+        return self
+
+
 class SyncSummary(BaseModel):
     """How the last device sync went."""
 

@@ -55,6 +55,7 @@ from fleetlift.iothub.schemas import (
     IotHubCreate,
     IotHubDelivery,
     IotHubDeploymentRead,
+    IotHubUpdate,
     MethodTriggerRequest,
     MethodTriggerResult,
     RevisionRead,
@@ -135,6 +136,10 @@ class HubClients:
         # the revision reports its place in the queue.
         self.options: dict[str, Any] = {"config_max_wait_seconds": 60.0, **options}
         self._clients: dict[tuple[str, str], IotHubClient] = {}
+        # What each client was made from: a hub given a new connection string (on any replica)
+        # gets a new client here at its next use.
+        self._made_from: dict[tuple[str, str], str | None] = {}
+        self._replaced: list[IotHubClient] = []
 
     def check_host(self, host_name: str) -> None:
         """Refuse a host that is not an IoT hub's (unless any host is allowed, for emulators)."""
@@ -158,7 +163,8 @@ class HubClients:
             # database is shared with a server that has a key of its own.
             raise Conflict(
                 f"the stored connection string of hub '{access.hub_id}' cannot be opened with this "
-                "server's secrets key; delete the hub and register it again with its connection string"
+                "server's secrets key; give it its connection string again (PATCH /api/v1/iothub/hubs/"
+                f"{access.hub_id})"
             ) from None
         return SasTokenProvider(ConnectionString.parse(text))
 
@@ -166,11 +172,14 @@ class HubClients:
         """The hub's client, made on first use."""
         key = (access.tenant_id, access.hub_id)
         existing = self._clients.get(key)
-        if existing is not None:
+        if existing is not None and self._made_from.get(key) == access.sealed_connection_string:
             return existing
         self.check_host(access.host_name)
         made = IotHubClient(access.host_name, self._auth(access), transport=self.transport, **self.options)
+        if existing is not None:
+            self._replaced.append(existing)  # closed with the others (it may be mid-call now)
         self._clients[key] = made
+        self._made_from[key] = access.sealed_connection_string
         return made
 
     def limiter(self, tenant_id: str, hub_id: str) -> ConfigOperationLimiter | None:
@@ -185,12 +194,14 @@ class HubClients:
     async def forget(self, tenant_id: str, hub_id: str) -> None:
         """Close and drop a hub's client (the hub was deleted)."""
         existing = self._clients.pop((tenant_id, hub_id), None)
+        self._made_from.pop((tenant_id, hub_id), None)
         if existing is not None:
             await existing.aclose()
 
     async def aclose(self) -> None:
         """Close every client."""
-        clients, self._clients = list(self._clients.values()), {}
+        clients, self._clients = [*self._clients.values(), *self._replaced], {}
+        self._made_from, self._replaced = {}, []
         for client in clients:
             await client.aclose()
 
@@ -242,6 +253,61 @@ def create_hub(*, session: Session, clients: HubClients, caller: Caller, data: I
         status_code=201,
         # The host and policy name only: never the key or the connection string.
         details={"host_name": host_name, "auth": data.auth, "key_name": key_name},
+    )
+    session.commit()
+    return hub
+
+
+def update_hub(
+    *,
+    session: Session,
+    clients: HubClients,
+    caller: Caller,
+    hub_id: str,
+    data: IotHubUpdate,
+    if_match: str | None,
+) -> IotHub:
+    """Rename a hub, change its sync settings, or give it a rotated connection string (same host).
+    Every replica's client is remade from the new one at its next use (see ``HubClients.client``)."""
+    hub = _hub(session, caller.tenant_id, hub_id)
+    check_if_match(if_match, hub.row_version)
+    changed = sorted(data.model_fields_set)
+    details: dict[str, Any] = {"changed": changed}
+    if data.connection_string is not None:
+        if hub.auth != "sas":
+            raise InvalidInput(
+                f"hub '{hub_id}' authenticates with Entra ID; it takes no connection string",
+                errors=[FieldError("body.connection_string", "not for a hub with auth 'entra'")],
+            )
+        text = data.connection_string.get_secret_value()
+        parsed = ConnectionString.parse(text)  # errors name the problem, never the value
+        if parsed.host_name.lower() != hub.host_name.lower():
+            raise InvalidInput(
+                f"the connection string is for {parsed.host_name}, not this hub's {hub.host_name}; "
+                "register the other hub on its own",
+                errors=[FieldError("body.connection_string", "names another hub")],
+            )
+        hub.sealed_connection_string = clients.box.seal(text, context=_context(caller.tenant_id, hub.id))
+        hub.key_name = parsed.key_name
+        details["key_name"] = parsed.key_name  # the policy's name only: never the key
+    if data.name is not None and data.name != hub.name:
+        other = repository.hub_by_name(session, tenant_id=caller.tenant_id, name=data.name)
+        if other is not None and other.id != hub.id:
+            raise Conflict(f"a hub named '{data.name}' exists already in this tenant")
+        hub.name = data.name
+    if "sync_condition" in data.model_fields_set:
+        hub.sync_condition = data.sync_condition
+    if data.sync_interval_seconds is not None:
+        hub.sync_interval_seconds = data.sync_interval_seconds
+    hub.updated_at = utcnow()
+    audit.record(
+        session,
+        caller=caller,
+        action="iothub.hubs.update",
+        resource_type="iothub",
+        resource_id=hub.id,
+        status_code=200,
+        details=details,
     )
     session.commit()
     return hub
