@@ -217,6 +217,13 @@ def iothub_operations(api: Api) -> list[tuple[str, str, dict[str, Any] | bytes |
         ),
         ("GET", "/iothub/hubs", None, Permission.DEVICES_READ, "list hubs"),
         ("GET", f"/iothub/hubs/{hub['id']}", None, Permission.DEVICES_READ, "get hub"),
+        (
+            "PATCH",
+            f"/iothub/hubs/{hub['id']}",
+            {"sync_interval_seconds": 0},
+            Permission.IOTHUB_WRITE,
+            "change hub",
+        ),
         ("DELETE", "/iothub/hubs/hub_missing", None, Permission.IOTHUB_WRITE, "forget hub"),
         # Hubs that do not exist: the permission is checked before anything reaches a hub.
         ("POST", "/iothub/hubs/hub_missing/sync", None, Permission.DEVICES_WRITE, "sync hub"),
