@@ -8,7 +8,7 @@ import contextlib
 import gc
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -206,6 +206,15 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return document
 
 
+async def _stop_loop(stop: Callable[[], None], task: asyncio.Task[None]) -> None:
+    """End a background loop after the pass under way; cancelled only if that hangs."""
+    stop()
+    await asyncio.wait({task}, timeout=30)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the server application for ``settings`` (the embedded default when omitted)."""
     settings = settings or Settings()
@@ -227,18 +236,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         iothub = asyncio.create_task(app.state.iothub_worker.run()) if settings.iothub_enabled else None
         yield
         if iothub is not None:
-            app.state.iothub_worker.stop()  # ends after the pass under way; cancelled only if that hangs
-            await asyncio.wait({iothub}, timeout=30)
-            iothub.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await iothub
+            await _stop_loop(app.state.iothub_worker.stop, iothub)
         await app.state.iothub_clients.aclose()
         if reconciler is not None:
-            app.state.reconciler.stop()  # ends after the pass under way; cancelled only if that hangs
-            await asyncio.wait({reconciler}, timeout=30)
-            reconciler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reconciler
+            await _stop_loop(app.state.reconciler.stop, reconciler)
         await app.state.events.stop(events)  # ends event streams, stops the webhook dispatcher
         seen_writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):

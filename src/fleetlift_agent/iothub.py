@@ -82,7 +82,8 @@ class IotHubChannel:
         if ca_file is not None:
             # A hub behind a gateway (GatewayHostName=) presents a certificate of the gateway's CA.
             options["server_verification_cert"] = Path(ca_file).read_text()
-        self._client: Any = _sdk().IoTHubDeviceClient.create_from_connection_string(
+        self._sdk = _sdk()
+        self._client: Any = self._sdk.IoTHubDeviceClient.create_from_connection_string(
             connection_string, **options
         )
         self.clock = clock
@@ -176,7 +177,7 @@ class IotHubChannel:
 
     def send_event(self, kind: str, body: dict[str, Any]) -> bool:
         """A device-to-cloud message (logs, notifications) with its kind as an application property."""
-        message = _sdk().Message(
+        message = self._sdk.Message(
             json.dumps(body, separators=(",", ":")), content_encoding="utf-8", content_type="application/json"
         )
         message.custom_properties["kind"] = kind
@@ -229,7 +230,7 @@ class IotHubChannel:
         self._wake()
 
     def _on_method_request(self, request: Any) -> None:
-        sdk = _sdk()
+        sdk = self._sdk
         self.methods += 1
         known = request.name == UPDATE_METHOD
         if known:

@@ -135,10 +135,9 @@ class HubClients:
         # A configuration operation waits at most a minute for its turn: the worker then moves on and
         # the revision reports its place in the queue.
         self.options: dict[str, Any] = {"config_max_wait_seconds": 60.0, **options}
-        self._clients: dict[tuple[str, str], IotHubClient] = {}
-        # What each client was made from: a hub given a new connection string (on any replica)
-        # gets a new client here at its next use.
-        self._made_from: dict[tuple[str, str], str | None] = {}
+        # Each hub's client with the sealed connection string it was made from: a hub given a new
+        # one (on any replica) gets a new client here at its next use.
+        self._clients: dict[tuple[str, str], tuple[str | None, IotHubClient]] = {}
         self._replaced: list[IotHubClient] = []
 
     def check_host(self, host_name: str) -> None:
@@ -172,20 +171,19 @@ class HubClients:
         """The hub's client, made on first use."""
         key = (access.tenant_id, access.hub_id)
         existing = self._clients.get(key)
-        if existing is not None and self._made_from.get(key) == access.sealed_connection_string:
-            return existing
+        if existing is not None and existing[0] == access.sealed_connection_string:
+            return existing[1]
         self.check_host(access.host_name)
         made = IotHubClient(access.host_name, self._auth(access), transport=self.transport, **self.options)
         if existing is not None:
-            self._replaced.append(existing)  # closed with the others (it may be mid-call now)
-        self._clients[key] = made
-        self._made_from[key] = access.sealed_connection_string
+            self._replaced.append(existing[1])  # closed with the others (it may be mid-call now)
+        self._clients[key] = (access.sealed_connection_string, made)
         return made
 
     def limiter(self, tenant_id: str, hub_id: str) -> ConfigOperationLimiter | None:
         """The configuration-operation limiter of a hub whose client exists in this process."""
         existing = self._clients.get((tenant_id, hub_id))
-        return None if existing is None else existing.config_limiter
+        return None if existing is None else existing[1].config_limiter
 
     def rate_per_minute(self) -> float:
         """Configuration operations per minute a new client allows."""
@@ -194,14 +192,13 @@ class HubClients:
     async def forget(self, tenant_id: str, hub_id: str) -> None:
         """Close and drop a hub's client (the hub was deleted)."""
         existing = self._clients.pop((tenant_id, hub_id), None)
-        self._made_from.pop((tenant_id, hub_id), None)
         if existing is not None:
-            await existing.aclose()
+            await existing[1].aclose()
 
     async def aclose(self) -> None:
         """Close every client."""
-        clients, self._clients = [*self._clients.values(), *self._replaced], {}
-        self._made_from, self._replaced = {}, []
+        clients = [client for _, client in self._clients.values()] + self._replaced
+        self._clients, self._replaced = {}, []
         for client in clients:
             await client.aclose()
 
