@@ -26,6 +26,7 @@ import logging
 import re
 from typing import Any, get_args
 
+from annotated_types import MaxLen
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleetlift.api.middleware import replay_body
@@ -38,7 +39,9 @@ POLL_PATH = "/api/device/v1/deployments/next"
 STATUS_ROUTE = "/api/device/v1/deployments/{deployment_id}/status"
 STATUS_PATH = re.compile(r"/api/device/v1/deployments/([A-Za-z0-9_\-]{1,64})/status")
 _REPORTABLE = frozenset(get_args(StatusReport.model_fields["status"].annotation))
-_MAX_DETAIL = 2000  # as StatusReport.detail
+_MAX_DETAIL = next(
+    rule.max_length for rule in StatusReport.model_fields["detail"].metadata if isinstance(rule, MaxLen)
+)
 _WAIT = re.compile(rb"wait=(\d{1,2})")
 _MAX_IF_NONE_MATCH = 200  # as the route's header parameter
 
