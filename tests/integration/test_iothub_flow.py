@@ -28,6 +28,7 @@ from fleetlift.db import transaction
 from fleetlift.migrate import upgrade
 from fleetlift.tenants import repository as tenants
 
+from ..conftest import migrated_schema
 from ..fleetlift_logs import capture_fleetlift_logs
 from ..iothub_emulator import IotHubEmulator
 
@@ -46,16 +47,18 @@ def sqlite_flow_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def postgres_flow_settings(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Settings:
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("iothub-pg"),
-        database_url=pg_url,
-        log_level="WARNING",
-        iothub_enabled=False,
-        reconciler_enabled=False,
-    )
-    upgrade(settings.resolved_database_url)
-    return settings
+def postgres_flow_settings(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[Settings]:
+    # A schema of its own: the session's other apps run IoT Hub workers under other secrets keys, and
+    # on a shared schema they would lease these hubs (and fail to open them) between this test's passes.
+    del pg_url  # only to start PostgreSQL when it is down
+    with migrated_schema("iothub") as url:
+        yield Settings(
+            data_dir=tmp_path_factory.mktemp("iothub-pg"),
+            database_url=url,
+            log_level="WARNING",
+            iothub_enabled=False,
+            reconciler_enabled=False,
+        )
 
 
 @dataclass
