@@ -219,8 +219,7 @@ def create_hub(*, session: Session, clients: HubClients, caller: Caller, data: I
         assert data.host_name is not None
         host_name = data.host_name
     clients.check_host(host_name)
-    if repository.hub_by_name(session, tenant_id=caller.tenant_id, name=data.name) is not None:
-        raise Conflict(f"a hub named '{data.name}' exists already in this tenant")
+    _check_name_free(session, caller.tenant_id, data.name)
     now = utcnow()
     hub = IotHub(
         tenant_id=caller.tenant_id,
@@ -268,8 +267,7 @@ def update_hub(
     Every replica's client is remade from the new one at its next use (see ``HubClients.client``)."""
     hub = _hub(session, caller.tenant_id, hub_id)
     check_if_match(if_match, hub.row_version)
-    changed = sorted(data.model_fields_set)
-    details: dict[str, Any] = {"changed": changed}
+    details: dict[str, Any] = {"changed": sorted(data.model_fields_set)}
     if data.connection_string is not None:
         if hub.auth != "sas":
             raise InvalidInput(
@@ -288,9 +286,7 @@ def update_hub(
         hub.key_name = parsed.key_name
         details["key_name"] = parsed.key_name  # the policy's name only: never the key
     if data.name is not None and data.name != hub.name:
-        other = repository.hub_by_name(session, tenant_id=caller.tenant_id, name=data.name)
-        if other is not None and other.id != hub.id:
-            raise Conflict(f"a hub named '{data.name}' exists already in this tenant")
+        _check_name_free(session, caller.tenant_id, data.name)
         hub.name = data.name
     if "sync_condition" in data.model_fields_set:
         hub.sync_condition = data.sync_condition
@@ -308,6 +304,11 @@ def update_hub(
     )
     session.commit()
     return hub
+
+
+def _check_name_free(session: Session, tenant_id: str, name: str) -> None:
+    if repository.hub_by_name(session, tenant_id=tenant_id, name=name) is not None:
+        raise Conflict(f"a hub named '{name}' exists already in this tenant")
 
 
 def get_hub(*, session: Session, caller: Caller, hub_id: str) -> IotHub:
