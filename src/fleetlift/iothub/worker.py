@@ -137,12 +137,11 @@ class IotHubWorker:
                     done += await self.run_hub(tenant_id, hub_id, status_interval=status_interval)
                 except FleetliftError as error:
                     self._say_once((hub_id, "pass"), "iothub pass failed for hub %s: %s", error.detail)
-                    continue
                 except Exception:
                     # One hub's failure must not stop the others.
                     log.exception("iothub pass failed for hub %s", hub_id)
-                    continue
-                self._said.pop((hub_id, "pass"), None)
+                else:
+                    self._said.pop((hub_id, "pass"), None)
             self.passes += 1
             return done
 
