@@ -240,12 +240,11 @@ class DeviceClient:
             raise ProtocolError(answer, _problem_detail(payload))
 
     def notify(self, level: str, message: str) -> None:
-        answer, _, payload = self._call(
-            "POST", "/notifications", document={"level": level, "message": message[:2000]}
-        )
+        notification = {"level": level, "message": message[:2000]}
+        answer, _, payload = self._call("POST", "/notifications", document=notification)
         if answer >= 400:
             raise ProtocolError(answer, _problem_detail(payload))
-        self._tell("notification", {"level": level, "message": message[:2000]})
+        self._tell("notification", notification)
 
     def absolute(self, url: str) -> str:
         """Download links come relative to the server."""
