@@ -67,7 +67,3 @@ class DeviceConnectionString:
         return cls(
             parts["HostName"], parts["DeviceId"], parts["SharedAccessKey"], parts.get("GatewayHostName")
         )
-
-    @property
-    def resource_uri(self) -> str:
-        return f"{self.host_name}/devices/{self.device_id}"
